@@ -226,7 +226,8 @@ def _validated_fast(codec: Codec, value) -> Sample:
 def _assemble(fmt: str, good: list[Sample], positions: list[int], errors: list, want) -> Batch:
     shape, dtype = want if want is not None else ((), "uint8")
     if good and all(s.data is not None for s in good):
-        flat = np.frombuffer(b"".join([s.data for s in good]), dtype=DTYPES[dtype])
+        # bytearray: a writable buffer, so torch.from_numpy needs no copy and no warning
+        flat = np.frombuffer(bytearray().join([s.data for s in good]), dtype=DTYPES[dtype])
     elif good:
         flat, good, positions = _assemble_mixed(fmt, good, positions, errors, shape, dtype)
     else:

@@ -146,3 +146,75 @@ __all__ = [
     "KafkaConfig", "PublishConfig", "ConfigError", "build", "load_config_file", "default_topic",
     "as_dict", "MANIFEST_TOPIC", "CLIENTS", "COMPRESSIONS",
 ]
+
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What each rank needs to train; topics default to the contract's names."""
+
+    dataset: str = "fashion-mnist"
+    format: str = "avro"
+    layout: str = "bytes"
+    train_topic: str | None = None
+    test_topic: str | None = None
+    model: str = "cnn"
+    epochs: int = 5
+    batch_size: int = 128           # per rank, per step
+    eval_batch_size: int = 1000
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    amp: bool = False               # CUDA only
+    grad_accum: int = 1
+    seed: int = 0
+    prefetch: int = 4
+    max_bad_fraction: float = 0.01
+    stall_timeout_s: float = 60.0
+    checkpoint_dir: str | None = None   # default <run dir>/checkpoints
+    checkpoint_every: int = 0       # steps; 0 = only at epoch ends
+    resume: bool = False
+    max_restarts: int = 0
+    inject_failure_at_step: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        from ddp_kbit.codecs import FORMATS, LAYOUTS
+        from ddp_kbit.models import MODELS
+
+        one_of("format", self.format, FORMATS)
+        one_of("layout", self.layout, LAYOUTS)
+        one_of("model", self.model, MODELS)
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
+        one_of("lr_schedule", self.lr_schedule, SCHEDULES)
+        for name in ("epochs", "batch_size", "eval_batch_size", "lr", "grad_accum", "prefetch", "stall_timeout_s"):
+            positive(name, getattr(self, name))
+        positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        positive("max_restarts", self.max_restarts, allow_zero=True)
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"max_bad_fraction must be within 0..1; got {self.max_bad_fraction}")
+
+    def topic(self, split: str) -> str:
+        given = self.train_topic if split == "train" else self.test_topic
+        return given or default_topic(self.dataset, split, self.format, self.layout)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str | None = None        # default: spark-defaults.conf, else local[N]
+    num_processes: int = 2
+    distributed: bool = False        # barrier tasks on executors instead of local_mode
+    gpu: bool = False
+    conf: tuple[str, ...] = ()       # KEY=VALUE overrides
+    conf_dir: str | None = None      # default: the repo's spark_conf/
+
+    def __post_init__(self):
+        positive("num_processes", self.num_processes)
+        for kv in self.conf:
+            if "=" not in kv:
+                raise ConfigError(f"--spark-conf takes KEY=VALUE, got {kv!r}")

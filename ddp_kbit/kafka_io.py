@@ -177,6 +177,16 @@ class ConfluentConsumer:
         lo, hi = self._c.get_watermark_offsets(self._tp(topic, partition), cached=True)
         return hi if hi >= 0 else None
 
+    def pause(self, tps: Iterable[TP]) -> None:
+        self._c.pause([self._tp(t, p) for t, p in tps])
+
+    def resume(self, tps: Iterable[TP]) -> None:
+        self._c.resume([self._tp(t, p) for t, p in tps])
+
+    def position(self, topic: str, partition: int) -> int | None:
+        o = self._c.position([self._tp(topic, partition)])[0].offset
+        return o if o >= 0 else None
+
     def commit(self, offsets: dict[TP, int]) -> None:
         self._c.commit(offsets=[self._tp(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
 
@@ -281,6 +291,15 @@ class KafkaPythonConsumer:
 
     def cached_high(self, topic, partition) -> int | None:
         return self._c.highwater(self._tp(topic, partition))
+
+    def pause(self, tps) -> None:
+        self._c.pause(*[self._tp(t, p) for t, p in tps])
+
+    def resume(self, tps) -> None:
+        self._c.resume(*[self._tp(t, p) for t, p in tps])
+
+    def position(self, topic, partition) -> int | None:
+        return self._c.position(self._tp(topic, partition))
 
     def commit(self, offsets) -> None:
         from kafka.structs import OffsetAndMetadata
