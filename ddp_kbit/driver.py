@@ -64,16 +64,29 @@ def run_with_restarts(scfg: SparkConfig, spec, max_restarts: int) -> tuple[dict,
 
     restarts = 0
     while True:
+        clear_failures(spec.run_dir)
         try:
             return spark.launch(scfg, train_fn, spec), restarts
         except Exception as exc:
+            reason = rank_failure(spec.run_dir) or last_line(exc)
             found = checkpoint.latest(spec.checkpoint_dir)
             if restarts >= max_restarts:
-                raise UserError(f"training failed after {restarts} restart(s): {last_line(exc)}") from None
+                raise UserError(f"training failed after {restarts} restart(s): {reason}") from None
             restarts += 1
-            log.warning("training failed (%s); restart %d/%d from %s", last_line(exc), restarts, max_restarts,
+            log.warning("training failed (%s); restart %d/%d from %s", reason, restarts, max_restarts,
                         found or "the beginning")
             spec = replace(spec, resume_from=str(found) if found else None)
+
+
+def clear_failures(run_dir: str) -> None:
+    for f in Path(run_dir).glob("failure.rank*.txt"):
+        f.unlink(missing_ok=True)
+
+
+def rank_failure(run_dir: str) -> str | None:
+    """The first failure a rank wrote (others usually fail because it did)."""
+    found = sorted(Path(run_dir).glob("failure.rank*.txt"), key=lambda f: f.stat().st_mtime)
+    return found[0].read_text().strip().splitlines()[0][:500] if found else None
 
 
 def last_line(exc: BaseException) -> str:

@@ -177,13 +177,6 @@ def stream_state(ds: KafkaStreamDataset, before: list, rank: int) -> list:
     return before + [[rank, s.topic, s.partition, s.start, s.end, n] for s, n in ds.consumed]
 
 
-def save_checkpoint(spec, model, opt, sched, scaler, epoch, global_step, consumed, history, bad) -> str:
-    state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "scaler": scaler.state_dict(), "epoch": epoch, "global_step": global_step, "consumed": consumed,
-             "history": history, "bad": bad}
-    return str(checkpoint.save(spec.checkpoint_dir, state))
-
-
 def bad_total(parts: list[dict]) -> dict:
     total = {"count": 0, "seen": 0, "by_reason": {}}
     for b in parts:
@@ -195,95 +188,151 @@ def bad_total(parts: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------ the rank's main
+def failure_path(run_dir: str, rank: int) -> Path:
+    return Path(run_dir) / f"failure.rank{rank}.txt"
+
+
 def train_fn(spec: RunSpec) -> dict | None:
-    cfg = spec.train
+    """Entry point of each rank. A failure's reason is left in the run directory:
+    TorchDistributor's own error only says "see the logs"."""
+    try:
+        return _train(spec)
+    except BaseException as exc:
+        rank = int(os.environ.get("RANK", 0))
+        with contextlib.suppress(OSError):
+            failure_path(spec.run_dir, rank).write_text(f"rank {rank}: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _train(spec: RunSpec) -> dict | None:
     use_cuda = bool(spec.extra.get("gpu")) and torch.cuda.is_available()
     rank, world, device = init_distributed(use_cuda)
     logging.basicConfig(level=spec.extra.get("log_level", "INFO"),
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ignite").setLevel(logging.WARNING)  # it logs every engine start/stop
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, spec.shape, spec.num_classes).to(device)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-    steps_per_epoch = len(plan_epoch(spec.train_slices, world, cfg.batch_size)[rank].batches)
-    opt, sched = build_optimizer(cfg, model.parameters(), cfg.epochs * steps_per_epoch // cfg.grad_accum)
-    amp = cfg.amp and use_cuda
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    stream_cfg = StreamConfig(format=cfg.format, layout=spec.layout, shape=spec.shape, dtype=spec.dtype,
-                              prefetch=cfg.prefetch, max_bad_fraction=cfg.max_bad_fraction,
-                              stall_timeout_s=cfg.stall_timeout_s, pin_memory=use_cuda)
-    start_epoch, global_step, before, history, bad_before = 0, 0, [], [], {"count": 0, "seen": 0, "by_reason": {}}
+    rt = RankTrainer(spec, rank, world, device, use_cuda)
     if spec.resume_from:
-        st = checkpoint.load(spec.resume_from)
-        unwrap(model).load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
-        start_epoch, global_step, before, history, bad_before = (st["epoch"], st["global_step"], st["consumed"],
-                                                                  st["history"], st["bad"])
-        if rank == 0:
-            log.info("resumed from %s: epoch %d, step %d, %d ranges already used", spec.resume_from,
-                     start_epoch + 1, global_step, len(before))
-    last_ckpt, final_eval = None, None
-    for epoch in range(start_epoch, cfg.epochs):
-        used_before = [Slice(t, p, s, e) for _, t, p, s, e, _ in before]
-        plan = plan_epoch(subtract(spec.train_slices, used_before), world, cfg.batch_size, seed=cfg.seed + epoch)[rank]
-        ds = KafkaStreamDataset(spec.kafka, stream_cfg, plan)
-        trainer = make_trainer(model, opt, sched, scaler, device, cfg, amp)
+        rt.restore(spec.resume_from)
+    for epoch in range(rt.epoch, spec.train.epochs):
+        rt.train_epoch(epoch)
+    return rt.result()
+
+
+ZERO_STATS = [0.0, 0.0, 0.0, 0.0]  # world sums of: loss x samples, samples, data-wait seconds, seconds
+
+
+class RankTrainer:
+    """One rank's model, optimizer and run state (epoch, step, what this epoch has
+    already used, history), with checkpointing of all of it."""
+
+    def __init__(self, spec: RunSpec, rank: int, world: int, device: torch.device, use_cuda: bool):
+        cfg = self.cfg = spec.train
+        self.spec, self.rank, self.world, self.device = spec, rank, world, device
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, spec.shape, spec.num_classes).to(device)
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
+        self.model = model
+        steps = len(plan_epoch(spec.train_slices, world, cfg.batch_size)[rank].batches)
+        self.opt, self.sched = build_optimizer(cfg, model.parameters(), cfg.epochs * steps // cfg.grad_accum)
+        self.amp = cfg.amp and use_cuda
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        self.stream_cfg = StreamConfig(format=cfg.format, layout=spec.layout, shape=spec.shape, dtype=spec.dtype,
+                                       prefetch=cfg.prefetch, max_bad_fraction=cfg.max_bad_fraction,
+                                       stall_timeout_s=cfg.stall_timeout_s, pin_memory=use_cuda)
+        self.epoch, self.global_step, self.before, self.history = 0, 0, [], []
+        self.bad = {"count": 0, "seen": 0, "by_reason": {}}
+        self.partial = list(ZERO_STATS)  # stats of this epoch's part before a resume
+        self.last_ckpt, self.final_eval = None, None
+
+    # ------------------------------------------------------------ checkpoints
+    def restore(self, path: str) -> None:
+        st = checkpoint.load(path)
+        unwrap(self.model).load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.global_step, self.before = st["epoch"], st["global_step"], st["consumed"]
+        self.history, self.bad, self.partial = st["history"], st["bad"], st["partial"]
+        if self.rank == 0:
+            log.info("resumed from %s: epoch %d, step %d, %d ranges already used", path, self.epoch + 1,
+                     self.global_step, len(self.before))
+
+    def save(self, epoch: int, consumed: list, bad: dict, partial: list) -> str | None:
+        """Collective callers, rank 0 writes."""
+        if self.rank != 0:
+            return None
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                 "global_step": self.global_step, "consumed": consumed, "history": self.history, "bad": bad,
+                 "partial": partial}
+        return str(checkpoint.save(self.spec.checkpoint_dir, state))
+
+    def so_far(self, engine: Engine, ds: KafkaStreamDataset, t0: float) -> tuple[list, dict, list]:
+        """(consumed ranges, bad records, stats) of this epoch so far, over all ranks."""
+        consumed = sum(gather(stream_state(ds, [], self.rank)), self.before)
+        bad = bad_total([self.bad, *gather(ds.bad.as_dict())])
+        now = all_sum([float(engine.state.loss_sum), engine.state.samples, ds.wait_seconds,
+                       time.perf_counter() - t0], self.device)
+        return consumed, bad, [a + b for a, b in zip(self.partial, now)]
+
+    # ------------------------------------------------------------ epochs
+    def train_epoch(self, epoch: int) -> None:
+        cfg, spec = self.cfg, self.spec
+        used_before = [Slice(t, p, s, e) for _, t, p, s, e, _ in self.before]
+        plan = plan_epoch(subtract(spec.train_slices, used_before), self.world, cfg.batch_size,
+                          seed=cfg.seed + epoch)[self.rank]
+        ds = KafkaStreamDataset(spec.kafka, self.stream_cfg, plan)
+        trainer = make_trainer(self.model, self.opt, self.sched, self.scaler, self.device, cfg, self.amp)
+        t0 = time.perf_counter()
 
         @trainer.on(Events.STARTED)
-        def _init(engine, ds=ds, gs=global_step):
+        def _init(engine):
             engine.state.stream, engine.state.pending = ds, []
-            engine.state.global_step, engine.state.samples = gs, 0
-            engine.state.loss_sum = torch.zeros((), device=device)
+            engine.state.global_step, engine.state.samples = self.global_step, 0
+            engine.state.loss_sum = torch.zeros((), device=self.device)
 
-        if cfg.checkpoint_every:
-            @trainer.on(Events.ITERATION_COMPLETED)
-            def _step_ckpt(engine, ds=ds, epoch=epoch, before=before):
-                if engine.state.pending or engine.state.global_step % cfg.checkpoint_every:
-                    return
-                consumed = sum(gather(stream_state(ds, [], rank)), before)
-                bad = bad_total([bad_before, *gather(ds.bad.as_dict())])
-                if rank == 0:
-                    save_checkpoint(spec, model, opt, sched, scaler, epoch, engine.state.global_step,
-                                    consumed, history, bad)
-        if cfg.inject_failure_at_step and rank == 0:
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _step_checkpoint(engine):
+            if cfg.checkpoint_every and not engine.state.pending and engine.state.global_step % cfg.checkpoint_every == 0:
+                self.global_step = engine.state.global_step
+                self.save(epoch, *self.so_far(engine, ds, t0))
+
+        if cfg.inject_failure_at_step and self.rank == 0:
             attach_fault_injection(trainer, cfg.inject_failure_at_step, Path(spec.checkpoint_dir) / ".injected")
-        if cfg.progress and rank == 0:
+        if cfg.progress and self.rank == 0:
             attach_progress(trainer, epoch, cfg.epochs)
-
-        t0 = time.perf_counter()
         trainer.run(ds, max_epochs=1, epoch_length=len(ds)) if len(ds) else _init(trainer)
-        seconds = time.perf_counter() - t0
-        global_step = trainer.state.global_step
-        loss_sum, samples, wait, secs = all_sum([float(trainer.state.loss_sum), trainer.state.samples,
-                                                 ds.wait_seconds, seconds], device)
-        consumed = sum(gather(stream_state(ds, [], rank)), before)
-        bad_train = bad_total([bad_before, *gather(ds.bad.as_dict())])
-        ev = evaluate(spec, model, device, rank, world, stream_cfg)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(samples, 1), "val_loss": ev["val_loss"],
-                  "val_accuracy": ev["val_accuracy"], "samples": int(samples), "seconds": secs / world,
-                  "samples_per_s": samples / max(secs / world, 1e-9), "data_wait_fraction": wait / max(secs, 1e-9),
-                  "consumed": [{"rank": r, "topic": t, "partition": p, "start": s, "end": e, "count": n}
-                               for r, t, p, s, e, n in sorted(consumed, key=lambda c: (c[1], c[2], c[3]))]}
-        history = history + [record]
-        bad_before = bad_train
-        before = []
-        final_eval = ev
-        if rank == 0:
+        self.global_step = trainer.state.global_step
+        consumed, self.bad, stats = self.so_far(trainer, ds, t0)
+        self.final_eval = evaluate(spec, self.model, self.device, self.rank, self.world, self.stream_cfg)
+        self.history = self.history + [epoch_record(epoch, stats, self.world, consumed, self.final_eval)]
+        self.before, self.partial = [], list(ZERO_STATS)
+        if self.rank == 0:
+            r = self.history[-1]
             log.info("epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f  %.0f samples/s  data wait %.1f%%",
-                     epoch + 1, record["train_loss"], ev["val_loss"], ev["val_accuracy"], record["samples_per_s"],
-                     100 * record["data_wait_fraction"])
-            last_ckpt = save_checkpoint(spec, model, opt, sched, scaler, epoch + 1, global_step, [], history,
-                                        bad_train)
-    if final_eval is None:  # resumed from a finished run: just evaluate
-        final_eval = evaluate(spec, model, device, rank, world, stream_cfg)
-    if rank != 0:
-        return None
-    model_path = Path(spec.run_dir) / "model.pt"
-    torch.save(unwrap(model).state_dict(), model_path)
-    return {"epochs": history, "final": {"test_accuracy": final_eval["val_accuracy"],
-                                         "test_loss": final_eval["val_loss"], "checkpoint": last_ckpt,
-                                         "model": str(model_path)},
-            "bad_records": bad_before, "world_size": world}
+                     epoch + 1, r["train_loss"], r["val_loss"], r["val_accuracy"], r["samples_per_s"],
+                     100 * r["data_wait_fraction"])
+        self.last_ckpt = self.save(epoch + 1, [], self.bad, self.partial)
+
+    def result(self) -> dict | None:
+        if self.final_eval is None:  # resumed from a finished run: just evaluate
+            self.final_eval = evaluate(self.spec, self.model, self.device, self.rank, self.world, self.stream_cfg)
+        if self.rank != 0:
+            return None
+        model_path = Path(self.spec.run_dir) / "model.pt"
+        torch.save(unwrap(self.model).state_dict(), model_path)
+        return {"epochs": self.history, "final": {"test_accuracy": self.final_eval["val_accuracy"],
+                                                  "test_loss": self.final_eval["val_loss"],
+                                                  "checkpoint": self.last_ckpt, "model": str(model_path)},
+                "bad_records": self.bad, "world_size": self.world}
+
+
+def epoch_record(epoch: int, stats: list, world: int, consumed: list, ev: dict) -> dict:
+    loss_sum, samples, wait, secs = stats
+    wall = secs / world  # ranks run side by side: seconds summed over ranks / ranks = wall time
+    return {"epoch": epoch + 1, "train_loss": loss_sum / max(samples, 1), "val_loss": ev["val_loss"],
+            "val_accuracy": ev["val_accuracy"], "samples": int(samples), "seconds": wall,
+            "samples_per_s": samples / max(wall, 1e-9), "data_wait_fraction": wait / max(secs, 1e-9),
+            "consumed": [{"rank": r, "topic": t, "partition": p, "start": s, "end": e, "count": n}
+                         for r, t, p, s, e, n in sorted(consumed, key=lambda c: (c[1], c[2], c[3]))]}

@@ -1,0 +1,191 @@
+"""Training end to end through the CLI: embedded broker + local Spark +
+TorchDistributor, in local mode and barrier mode, on skewed partitions, with
+malformed records, and interrupted-then-resumed runs with exact epochs."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ddp_kbit import kafka_io, manifest
+from ddp_kbit.codecs import get_codec, headers_for
+from ddp_kbit.config import PublishConfig
+from ddp_kbit.datasets import load_dataset
+from producers.publish import publish
+
+pytestmark = pytest.mark.slow
+TRAIN_N, TEST_N = 2400, 600
+
+
+@pytest.fixture(scope="module")
+def topics(kcfg):
+    """A Fashion-MNIST slice as protobuf topics with manifests."""
+    out = {}
+    for split, n in (("train", TRAIN_N), ("test", TEST_N)):
+        ds = load_dataset("fashion-mnist", split, limit=n)
+        r = publish(kcfg, PublishConfig(format="protobuf", split=split, topic=f"fm.{split}.pb.{time.time_ns()}",
+                                        partitions=4, progress=False), ds)
+        out[split] = r.manifest
+    return out
+
+
+def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt: str = "protobuf"):
+    """Partition p gets counts[p] Fashion-MNIST samples (some replaced by garbage), plus a manifest."""
+    ds = load_dataset("fashion-mnist", "train", limit=sum(counts))
+    kafka_io.make_admin(kcfg).create_topic(topic, len(counts))
+    producer, codec, i = kafka_io.make_producer(kcfg), get_codec(fmt), 0
+    for p, n in enumerate(counts):
+        for _ in range(n):
+            value = b"\x07not a sample" if i in bad else codec.encode_array(i, int(ds.labels[i]), ds.images[i])
+            producer.send(topic, value, key=str(i).encode(), partition=p, headers=headers_for(fmt))
+            i += 1
+    assert producer.flush(30) == 0
+    ranges = {p: tuple(r) for (t, p), r in producer.report.ranges.items()}
+    m = manifest.Manifest(topic=topic, dataset="fashion-mnist", split="train", format=fmt, layout="bytes",
+                          num_samples=sum(counts), shape=(28, 28), dtype="uint8", num_classes=10,
+                          class_names=None, partitions=ranges)
+    manifest.write(kcfg, m)
+    return m
+
+
+def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600):
+    cmd = [sys.executable, "-m", "ddp_kbit.main", "--mode", "train", "--bootstrap-servers", kcfg.bootstrap_servers,
+           "--format", "protobuf", "--batch-size", "64", "--eval-batch-size", "200", "--no-progress",
+           "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == expect_rc, r.stdout[-3000:] + r.stderr[-5000:]
+    if expect_rc:
+        return r
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+def assert_exact_epochs(report, m: manifest.Manifest, bad: int = 0):
+    """Each epoch's consumed ranges tile the manifest: every offset exactly once."""
+    for e in report["epochs"]:
+        seen = {}
+        for c in e["consumed"]:
+            assert c["topic"] == m.topic
+            seen.setdefault(c["partition"], []).append((c["start"], c["end"]))
+        assert sorted(seen) == sorted(m.partitions)
+        for p, (start, end) in m.partitions.items():
+            ivs = sorted(seen[p])
+            assert ivs[0][0] == start and ivs[-1][1] == end
+            assert all(a[1] == b[0] for a, b in zip(ivs, ivs[1:])), f"gap or overlap in partition {p}: {ivs}"
+        assert sum(c["count"] for c in e["consumed"]) == e["samples"] == m.record_count - bad
+
+
+def test_local_mode_trains_and_report_matches(kcfg, topics, tmp_path):
+    report = train(kcfg, tmp_path, "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic,
+                   "--epochs", "2", "--num-processes", "2")
+    assert report["mode"] == "train" and report["world_size"] == 2 and report["restarts"] == 0
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2]
+    assert_exact_epochs(report, topics["train"])
+    ranks = {c["rank"] for c in report["epochs"][0]["consumed"]}
+    assert ranks == {0, 1}
+    e = report["epochs"][-1]
+    assert e["val_loss"] < report["epochs"][0]["train_loss"] * 2 and 0 <= e["data_wait_fraction"] <= 1
+    assert e["samples_per_s"] > 0 and e["seconds"] > 0
+    final = report["final"]
+    assert final["test_accuracy"] == e["val_accuracy"] >= 0.6   # 2400 samples, 2 epochs: well above chance
+    assert report["bad_records"] == {"count": 0, "seen": TRAIN_N * 2, "by_reason": {},
+                                     "dlq_topic": topics["train"].topic + ".dlq"}
+    state = torch.load(final["checkpoint"], weights_only=True)
+    assert state["epoch"] == 2 and state["consumed"] == [] and len(state["history"]) == 2
+    assert torch.load(final["model"], weights_only=True)["0.weight"].shape == (32, 1, 3, 3)
+    assert (tmp_path / "report.png").stat().st_size > 1000
+    assert report["config"]["train"]["batch_size"] == 64
+
+
+def test_barrier_mode_trains(kcfg, topics, tmp_path):
+    report = train(kcfg, tmp_path, "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic,
+                   "--epochs", "1", "--num-processes", "2", "--distributed", "--model", "mlp")
+    assert report["world_size"] == 2 and report["config"]["spark"]["distributed"] is True
+    assert_exact_epochs(report, topics["train"])
+    assert report["final"]["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("procs", [2, 3])
+def test_skewed_partitions_finish_without_hanging(kcfg, topics, tmp_path, procs):
+    m = write_topic(kcfg, f"skew.{procs}.{time.time_ns()}", [100, 1000])
+    report = train(kcfg, tmp_path, "--train-topic", m.topic, "--test-topic", topics["test"].topic,
+                   "--epochs", "1", "--num-processes", str(procs), "--batch-size", "32", timeout=300)
+    assert report["world_size"] == procs
+    assert_exact_epochs(report, m)
+    per_rank = {}
+    for c in report["epochs"][0]["consumed"]:
+        per_rank[c["rank"]] = per_rank.get(c["rank"], 0) + c["end"] - c["start"]
+    assert max(per_rank.values()) - min(per_rank.values()) <= 1
+
+
+def test_interrupted_run_resumes_with_exact_epochs(kcfg, topics, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    common = ["--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic, "--epochs", "2",
+              "--num-processes", "2", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "7"]
+    # 2400 records / 2 ranks / 64 = 19 steps an epoch; crash in epoch 2 at step 31, after the step-28 checkpoint
+    r = train(kcfg, tmp_path / "a", *common, "--inject-failure-at-step", "31", expect_rc=1)
+    assert "injected failure at step 31" in r.stderr and "Traceback" not in r.stderr.splitlines()[-1]
+    saved = torch.load(sorted(ckpt.glob("ckpt-*.pt"))[-1], weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (1, 28)   # mid epoch 2 (0-based 1), 9 steps in
+    assert sum(c[4] - c[3] for c in saved["consumed"]) == 9 * 64 * 2
+    report = train(kcfg, tmp_path / "b", *common, "--resume")
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2]
+    assert_exact_epochs(report, topics["train"])
+
+
+def test_failure_restarts_from_checkpoint(kcfg, topics, tmp_path):
+    report = train(kcfg, tmp_path, "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic,
+                   "--epochs", "1", "--num-processes", "2", "--checkpoint-every", "4",
+                   "--inject-failure-at-step", "10", "--max-restarts", "1")
+    assert report["restarts"] == 1
+    assert_exact_epochs(report, topics["train"])
+
+
+def test_malformed_records_go_to_dlq_and_training_continues(kcfg, topics, tmp_path):
+    bad = {3, 500, 1999}
+    m = write_topic(kcfg, f"bad.{time.time_ns()}", [1000, 1000], bad=bad)
+    report = train(kcfg, tmp_path, "--train-topic", m.topic, "--test-topic", topics["test"].topic, "--epochs", "1",
+                   "--num-processes", "2", "--max-bad-fraction", "0.05")
+    assert report["bad_records"]["count"] == 3 and report["bad_records"]["by_reason"] == {"malformed": 3}
+    assert_exact_epochs(report, m, bad=3)
+    consumer = kafka_io.make_consumer(kcfg)
+    recs = kafka_io.read_all(consumer, [(m.topic + ".dlq", 0)], headers=True)
+    consumer.close()
+    origin = sorted((dict(r.headers)["ddp_kbit.source.partition"], int(dict(r.headers)["ddp_kbit.source.offset"]))
+                    for r in recs)
+    assert origin == [(b"0", 3), (b"0", 500), (b"1", 999)]
+    assert all(r.value == b"\x07not a sample" for r in recs)
+
+
+def test_too_many_malformed_records_stop_with_one_line(kcfg, topics, tmp_path):
+    m = write_topic(kcfg, f"verybad.{time.time_ns()}", [400], bad=set(range(0, 400, 4)))
+    r = train(kcfg, tmp_path, "--train-topic", m.topic, "--test-topic", topics["test"].topic, "--epochs", "1",
+              "--num-processes", "1", expect_rc=1)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ddp-kbit: error: training failed") and "--max-bad-fraction" in last
+
+
+def test_missing_topic_fails_fast(kcfg, tmp_path):
+    start = time.monotonic()
+    r = train(kcfg, tmp_path, "--train-topic", "no.such.topic", "--test-topic", "no.such.test", expect_rc=1,
+              timeout=60)
+    assert time.monotonic() - start < 30
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"ddp-kbit: error: topic no.such.topic does not exist on {kcfg.bootstrap_servers}")
+
+
+def test_bad_flag_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--epochs", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "ddp-kbit: error: epochs must be > 0; got 0"
+
+
+def test_help_explains_every_flag():
+    from ddp_kbit.main import build_parser as main_parser
+    from producers.publish import build_parser as publish_parser
+
+    for parser in (main_parser(), publish_parser()):
+        undocumented = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+        assert undocumented == []
+    out = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--help"], capture_output=True, text=True).stdout
+    assert "--checkpoint-every" in out and "--spark-conf" in out and "--sasl-mechanism" in out
