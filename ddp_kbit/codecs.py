@@ -195,10 +195,11 @@ class Codec:
 
 
 def decode_batch(codec: Codec, values: Sequence[bytes], shape=None, dtype=None) -> Batch:
-    """Hot path: a value whose parsed fields already match the expected shape, dtype
-    and byte count (the common case in a bytes-layout topic) skips building a
-    Sample; everything else takes the full per-value validation, which names the
-    reason for a bad value."""
+    """Canonical bytes-layout values go through the vectorised decoder
+    (:mod:`ddp_kbit.fastpath`); the rest through the per-value one, which accepts
+    every valid encoding and names the reason for a bad value."""
+    from ddp_kbit import fastpath
+
     errors: list[tuple[int, DecodeError]] = []
     want = (tuple(shape), dtype) if shape is not None and dtype is not None else None
     start = 0
@@ -211,11 +212,39 @@ def decode_batch(codec: Codec, values: Sequence[bytes], shape=None, dtype=None) 
             start += 1
     if want is None:
         return _assemble(codec.format, [], [], errors, None)
+    fast = fastpath.decode(codec.format, values[start:], want[0], want[1])
+    if fast is None:
+        return _decode_each(codec, values, range(start, len(values)), want, errors)
+    ok, images, labels, indices = fast
+    vector = Batch(images, labels, indices, [], start + np.flatnonzero(ok))
+    if ok.all():
+        errors.sort(key=lambda e: e[0])
+        vector.errors = errors
+        return vector
+    rest = _decode_each(codec, values, (start + np.flatnonzero(~ok)).tolist(), want, errors)
+    return _concat(vector, rest)
+
+
+def _concat(a: Batch, b: Batch) -> Batch:
+    """Rows of both batches in input order; b's errors are the batch's."""
+    if len(b) == 0:
+        a.errors = b.errors
+        return a
+    positions = np.concatenate([a.positions, b.positions])
+    order = np.argsort(positions, kind="stable")
+    return Batch(np.concatenate([a.images, b.images])[order], np.concatenate([a.labels, b.labels])[order],
+                 np.concatenate([a.indices, b.indices])[order], b.errors, positions[order])
+
+
+def _decode_each(codec: Codec, values, positions_in, want, errors) -> Batch:
+    """Per-value decoding of ``values[p]`` for p in ``positions_in``: values whose
+    parsed fields match the expected type skip building a Sample; everything else
+    takes the full validation."""
     want_shape, want_dtype = list(want[0]), want[1]
     nbytes = math.prod(want[0]) * DTYPES[want_dtype].itemsize
     parse = codec.parse
     datas, labels, indices, positions, slow = [], [], [], [], []
-    for pos in range(start, len(values)):
+    for pos in positions_in:
         try:
             index, label, shp, dt, data, pixels = parse(values[pos])
         except DecodeError as exc:

@@ -10,6 +10,7 @@ Bad records are counted by reason, forwarded to ``<topic>.dlq`` and skipped.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import queue
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
@@ -71,42 +73,63 @@ class BadRecords:
 
 
 class _PartitionBuffers:
-    """Records read ahead, per partition, in offset order; pauses a partition whose
-    buffer is full so an idle partition cannot fill memory."""
+    """Records read ahead, per partition, as parallel offset/value lists in offset
+    order (slices and bisects, no per-record Python work); a partition whose
+    buffer is full is paused so an idle one cannot fill memory."""
 
     def __init__(self, consumer, limit: int):
         self.consumer, self.limit = consumer, limit
-        self.buf: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
+        self.offs: dict[tuple, list] = collections.defaultdict(list)
+        self.vals: dict[tuple, list] = collections.defaultdict(list)
+        self.head: dict[tuple, int] = collections.defaultdict(int)  # first not yet handed out
         self.paused: set[tuple] = set()
         self.next: dict[tuple, int] = {}  # one past the last offset handed out, per partition
         self.last_record = time.monotonic()
 
     def fill(self, max_records: int, timeout: float) -> int:
         parts, offs, vals, topics = self.consumer.poll_values(max_records, timeout)
-        for t, p, o, v in zip(topics, parts, offs, vals):
-            self.buf[(t, p)].append((o, v))
-        if vals:
-            self.last_record = time.monotonic()
-            full = {tp for tp, d in self.buf.items() if len(d) >= self.limit} - self.paused
-            if full:
-                self.consumer.pause(full)
-                self.paused |= full
+        if not vals:
+            return 0
+        self.last_record = time.monotonic()
+        # A poll returns runs of records per partition: split at the run boundaries.
+        p = np.asarray(parts)
+        cuts = [0, *(np.flatnonzero(p[1:] != p[:-1]) + 1).tolist(), len(vals)]
+        for a, b in zip(cuts, cuts[1:]):
+            for topic in dict.fromkeys(topics[a:b]):  # one topic per run, except in mixed polls
+                idx = range(a, b) if topics[a] == topics[b - 1] == topic and len(set(topics[a:b])) == 1 else \
+                    [i for i in range(a, b) if topics[i] == topic]
+                tp = (topic, parts[a])
+                if isinstance(idx, range):
+                    self.offs[tp].extend(offs[a:b])
+                    self.vals[tp].extend(vals[a:b])
+                else:
+                    self.offs[tp].extend(offs[i] for i in idx)
+                    self.vals[tp].extend(vals[i] for i in idx)
+        full = {tp for tp in self.offs if len(self.offs[tp]) - self.head[tp] >= self.limit} - self.paused
+        if full:
+            self.consumer.pause(full)
+            self.paused |= full
         return len(vals)
 
     def take(self, piece: Slice, out_vals: list, out_offs: list) -> bool:
         """Move ``piece``'s records into out lists; True once the piece is complete."""
-        d = self.buf[piece.tp]
-        while d and d[0][0] < piece.end:
-            o, v = d.popleft()
-            self.next[piece.tp] = o + 1
-            if o >= piece.start:  # earlier offsets belong to no piece of this plan
-                out_vals.append(v)
-                out_offs.append(o)
-        if piece.tp in self.paused and len(d) < self.limit // 2:
-            self.consumer.resume([piece.tp])
-            self.paused.discard(piece.tp)
+        tp = piece.tp
+        offs, vals, h = self.offs[tp], self.vals[tp], self.head[tp]
+        lo = bisect.bisect_left(offs, piece.start, h)   # earlier offsets belong to no piece of this plan
+        hi = bisect.bisect_left(offs, piece.end, lo)
+        out_vals.extend(vals[lo:hi])
+        out_offs.extend(offs[lo:hi])
+        if hi > h:
+            self.next[tp] = offs[hi - 1] + 1
+        self.head[tp] = hi
+        if hi > 65536 and hi * 2 > len(offs):  # drop what was handed out, now and then
+            del offs[:hi], vals[:hi]
+            self.head[tp] = hi = 0
+        if tp in self.paused and len(offs) - hi < self.limit // 2:
+            self.consumer.resume([tp])
+            self.paused.discard(tp)
         # complete when a later record is already buffered or the last one was handed out
-        return bool(d) or self.next.get(piece.tp, -1) >= piece.end
+        return hi < len(offs) or self.next.get(tp, -1) >= piece.end
 
 
 class KafkaStreamDataset(IterableDataset):
