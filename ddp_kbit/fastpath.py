@@ -2,7 +2,8 @@
 
 In a bytes-layout topic every message of one sample type is byte-identical apart
 from the index, the label and the pixel bytes: protobuf and Avro messages are
-``varint head + constant middle + data`` and BSON documents have a fixed length.
+``varint head + constant middle + data``, BSON documents have a fixed length, and
+compact JSON is ``{"index":N,"label":N`` + a constant middle + base64 + ``"}``.
 So a whole batch is joined once, the constant parts are compared as matrices,
 the varints are decoded column-wise, and the pixels are gathered in one fancy
 index. A row that does not match the canonical form exactly (another field
@@ -12,6 +13,7 @@ reason for an invalid one. So this path changes speed, never results.
 """
 from __future__ import annotations
 
+import binascii
 import math
 from functools import lru_cache
 
@@ -25,7 +27,8 @@ class Rows:
 
     def __init__(self, values):
         self.lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-        self.buf = np.frombuffer(b"".join(values), dtype=np.uint8)
+        self.raw = b"".join(values)
+        self.buf = np.frombuffer(self.raw, dtype=np.uint8)
         self.ends = np.cumsum(self.lens)
         self.starts = self.ends - self.lens
 
@@ -122,7 +125,9 @@ def _bson(rows: Rows, shape, dtype, nbytes):
     tpl = _template("bson", shape, dtype)
     size = len(tpl)
     ok = rows.lens == size
-    M = rows.gather(rows.starts, size)
+    # rows of the template's length lie wholly inside the buffer: whole-row copies
+    M = np.zeros((len(ok), size), np.uint8)
+    M[ok] = np.lib.stride_tricks.sliding_window_view(rows.buf, size)[rows.starts[ok]]
     offs = {name: tpl.index(key) + len(key) for name, key in
             (("_id", b"\x12_id\x00"), ("index", b"\x12index\x00"), ("label", b"\x10label\x00"),
              ("data", b"\x05data\x00"))}
@@ -140,7 +145,95 @@ def _bson(rows: Rows, shape, dtype, nbytes):
     return ok, index, label, rows.starts + data_at
 
 
-DECODERS = {"protobuf": _protobuf, "avro": _avro, "bson": _bson}
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+
+
+def json_ints(H: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """The JSON integers in columns [a, b) of each row: (value, ok). Up to 18
+    digits (longer goes to the per-value decoder), no leading zeros, optional '-'."""
+    n = len(H)
+    rows = np.arange(n)
+    neg = H[rows, np.minimum(a, H.shape[1] - 1)] == ord("-")
+    first = a + neg
+    length = b - first
+    k = np.arange(18)
+    cols = np.minimum(first[:, None] + k, H.shape[1] - 1)
+    D = H[rows[:, None], cols].astype(np.int64) - ord("0")
+    used = k[None, :] < length[:, None]
+    ok = (length >= 1) & (length <= 18) & ((~used) | ((D >= 0) & (D <= 9))).all(axis=1)
+    ok &= (length == 1) | (D[:, 0] != 0)
+    weights = np.where(used, _POW10[np.clip(length[:, None] - 1 - k, 0, 18)], 0)
+    value = (np.where(used, D, 0) * weights).sum(axis=1)
+    return np.where(neg, -value, value), ok
+
+
+def _json(rows: Rows, shape, dtype, nbytes):
+    tpl = _template("json", shape, dtype)
+    prefix, label_key = b'{"index":', b',"label":'
+    mid = tpl[tpl.index(b',"shape":'):tpl.index(b'"data":"') + 8]
+    b64len, tail = 4 * -(-nbytes // 3), b'"}'
+    head_len = rows.lens - b64len - len(tail) - len(mid)
+    ok = (head_len >= len(prefix) + len(label_key) + 2) & (head_len <= 56)
+    body = rows.starts + np.maximum(head_len, 0)
+    ok &= _mid_matches(rows, body, mid) & _mid_matches(rows, rows.ends - len(tail), tail)
+    H = rows.gather(rows.starts, 56)
+    ok &= (H[:, :len(prefix)] == np.frombuffer(prefix, np.uint8)).all(axis=1)
+    comma = np.where(np.arange(56) >= len(prefix), H == ord(","), False).argmax(axis=1)
+    ok &= _mid_matches(rows, rows.starts + comma, label_key) & (comma > len(prefix))
+    index, iok = json_ints(H, np.full(len(H), len(prefix)), comma)
+    label, lok = json_ints(H, comma + len(label_key), head_len)
+    ok &= iok & lok
+    return ok, index, label, (body + len(mid), b64len)
+
+
+def _b64_pixels(rows: Rows, pos: np.ndarray, b64len: int, nbytes: int):
+    """Strict standard base64 of each row -> (bytes (N, nbytes), ok).
+
+    Every row's text but its last 4-character group is a whole number of
+    unpadded groups, so those parts are joined and decoded in one call;
+    the last groups, padding replaced by "A" once checked, in a second. If either
+    call finds a bad character, rows are decoded one by one to find which."""
+    from ddp_kbit.codecs import b64decode
+
+    raw, n = rows.raw, len(pos)
+    if n == 0:
+        return np.empty((0, nbytes), np.uint8), np.zeros(0, bool)
+    pad = b64len // 4 * 3 - nbytes
+    body_len = b64len - 4
+    last = rows.buf[pos[:, None] + np.arange(body_len, b64len)]
+    if pad and not (last[:, 4 - pad:] == ord("=")).all():
+        return _b64_rows(raw, pos.tolist(), b64len, nbytes)
+    last[:, 4 - pad:] = ord("A")
+    try:
+        body = b64decode(np.lib.stride_tricks.sliding_window_view(rows.buf, body_len)[pos].tobytes()) \
+            if body_len else b""
+        tails = b64decode(last.tobytes())
+    except (binascii.Error, ValueError):
+        return _b64_rows(raw, pos.tolist(), b64len, nbytes)
+    out = np.empty((n, nbytes), np.uint8)
+    out[:, :body_len // 4 * 3] = np.frombuffer(body, np.uint8).reshape(n, -1)
+    out[:, body_len // 4 * 3:] = np.frombuffer(tails, np.uint8).reshape(n, 3)[:, :3 - pad]
+    return out, np.ones(n, bool)
+
+
+def _b64_rows(raw: bytes, starts: list, b64len: int, nbytes: int):
+    """One row at a time: only for batches holding a row with bad base64."""
+    from ddp_kbit.codecs import b64decode
+
+    parts, ok = [], np.ones(len(starts), bool)
+    for i, p in enumerate(starts):
+        try:
+            part = b64decode(raw[p:p + b64len])
+        except (binascii.Error, ValueError):
+            part = None
+        if part is not None and len(part) == nbytes:
+            parts.append(part)
+        else:
+            ok[i] = False
+    return np.frombuffer(bytearray().join(parts), np.uint8).reshape(len(parts), nbytes), ok
+
+
+DECODERS = {"protobuf": _protobuf, "avro": _avro, "bson": _bson, "json": _json}
 
 
 def decode(fmt: str, values, shape: tuple, dtype: str):
@@ -154,8 +247,14 @@ def decode(fmt: str, values, shape: tuple, dtype: str):
     nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     rows = Rows(values)
     ok, index, label, data_pos = fn(rows, tuple(shape), dtype, nbytes)
-    ok &= (label >= INT32_MIN) & (label <= INT32_MAX) & (data_pos + nbytes <= rows.ends)
+    ok &= (label >= INT32_MIN) & (label <= INT32_MAX)
+    if fmt == "json":  # data is base64 text: decode it, and drop rows whose text is not canonical
+        pos, b64len = data_pos
+        pixels, b64ok = _b64_pixels(rows, pos[np.flatnonzero(ok)], b64len, nbytes)
+        ok[np.flatnonzero(ok)] &= b64ok   # pixels holds the b64ok rows only
+    else:
+        ok &= data_pos + nbytes <= rows.ends
+        pixels = _pixels(rows, data_pos[np.flatnonzero(ok)], nbytes)
     sel = np.flatnonzero(ok)
-    pixels = _pixels(rows, data_pos[sel], nbytes)
     images = pixels.view(DTYPES[dtype]).reshape((len(sel), *shape))
     return ok, images, label[sel], index[sel]

@@ -45,6 +45,7 @@ class StreamConfig:
     poll_records: int = 20_000      # records per poll
     buffer_records: int = 50_000    # per-partition read-ahead before pausing it
     stall_timeout_s: float = 60.0   # no record for this long -> a clear error, not a hang
+    decode_records: int = 4096      # records decoded per call (several batches)
     max_bad_fraction: float = 0.01
     dlq: bool = True
     pin_memory: bool = False
@@ -150,6 +151,9 @@ class KafkaStreamDataset(IterableDataset):
     def __len__(self) -> int:
         return len(self.plan.batches) - self._skip
 
+    def plan_batch_size(self) -> int:
+        return sum(len(s) for s in self.plan.batches[0]) if self.plan.batches else 1
+
     # ---------------------------------------------------------------- state
     def mark_used(self, batch: StreamBatch) -> None:
         """Call after the optimizer step that consumed ``batch``."""
@@ -210,16 +214,17 @@ class KafkaStreamDataset(IterableDataset):
             consumer.assign([(t, p, o) for (t, p), o in first.items()])
             bufs = _PartitionBuffers(consumer, self.cfg.buffer_records)
             codec = get_codec(self.cfg.format, self.cfg.layout)
-            for batch in batches:
-                item = self._read_batch(batch, bufs, codec, dlq)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
+            per_group = max(1, self.cfg.decode_records // max(1, self.plan_batch_size()))
+            for g in range(0, len(batches), per_group):
+                for item in self._read_group(batches[g:g + per_group], bufs, codec, dlq):
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
         except BaseException as exc:  # handed to the training thread, raised there
             q.put(exc)
         finally:
@@ -227,29 +232,41 @@ class KafkaStreamDataset(IterableDataset):
             if consumer is not None:
                 consumer.close()
 
-    def _read_batch(self, batch: tuple[Slice, ...], bufs: _PartitionBuffers, codec, dlq) -> StreamBatch:
-        vals, offs, origin = [], [], []
-        for i, piece in enumerate(batch):
-            n0 = len(vals)
-            while not bufs.take(piece, vals, offs):
-                if not bufs.fill(self.cfg.poll_records, 0.2):
-                    self._check_stall(bufs, piece, offs[n0:])
-            origin += [i] * (len(vals) - n0)
+    def _read_group(self, group, bufs: _PartitionBuffers, codec, dlq) -> list[StreamBatch]:
+        """Read several planned batches, decode them in one call (the vectorised
+        decoder's fixed cost is per call), then split them again."""
+        vals, offs, origin, bounds = [], [], [], [0]  # origin: (batch, piece) of each value
+        for b, batch in enumerate(group):
+            for i, piece in enumerate(batch):
+                n0 = len(vals)
+                while not bufs.take(piece, vals, offs):
+                    if not bufs.fill(self.cfg.poll_records, 0.2):
+                        self._check_stall(bufs, piece, offs[n0:])
+                origin += [(b, i)] * (len(vals) - n0)
+            bounds.append(len(vals))
         decoded = codec.decode_batch(vals, self.cfg.shape, self.cfg.dtype)
-        good = [0] * len(batch)
-        for i in origin:
-            good[i] += 1
+        good = [[0] * len(batch) for batch in group]
+        for b, i in origin:
+            good[b][i] += 1
         for pos, err in decoded.errors:
+            b, i = origin[pos]
             self.bad.by_reason[err.reason] += 1
-            good[origin[pos]] -= 1
-            dlq.send(batch[origin[pos]].tp, offs[pos], vals[pos], err)
+            good[b][i] -= 1
+            dlq.send(group[b][i].tp, offs[pos], vals[pos], err)
         self.bad.seen += len(vals)
         self.bad.count += len(decoded.errors)
         self._check_bad_fraction()
-        images = torch.from_numpy(decoded.images)
-        if self.cfg.pin_memory:
-            images = images.pin_memory()
-        return StreamBatch(images, torch.from_numpy(decoded.labels), batch, tuple(good), bad=len(decoded.errors))
+        # good rows are in input order, so each batch's rows are one contiguous run
+        cuts = np.searchsorted(decoded.positions, bounds)
+        out = []
+        for b, batch in enumerate(group):
+            a, z = cuts[b], cuts[b + 1]
+            images = torch.from_numpy(np.ascontiguousarray(decoded.images[a:z]))
+            if self.cfg.pin_memory:
+                images = images.pin_memory()
+            bad = (bounds[b + 1] - bounds[b]) - (z - a)
+            out.append(StreamBatch(images, torch.from_numpy(decoded.labels[a:z].copy()), batch, tuple(good[b]), bad))
+        return out
 
     def _check_stall(self, bufs: _PartitionBuffers, piece: Slice, got_offsets: list) -> None:
         if time.monotonic() - bufs.last_record < self.cfg.stall_timeout_s:
