@@ -36,18 +36,20 @@ from ddp_kbit.train import build_optimizer, make_trainer  # noqa: E402
 from producers.publish import publish  # noqa: E402
 
 
-def raw_consume(cfg: KafkaConfig, m) -> float:
+def raw_consume(cfg: KafkaConfig, m, passes: int) -> float:
+    """A plain loop over the whole topic ``passes`` times with one consumer."""
     consumer = kafka_io.make_consumer(cfg, group_id="bench.raw")
-    total = m.record_count
-    consumer.assign([(m.topic, p, s) for p, (s, e) in m.partitions.items()])
-    t0, got, nbytes = time.perf_counter(), 0, 0
-    while got < total:
-        _, _, vals, _ = consumer.poll_values(20_000, 0.5)
-        got += len(vals)
-        nbytes += sum(map(len, vals))  # touch every value, as a consumer would
-    seconds = time.perf_counter() - t0
+    total, seconds = m.record_count, 0.0
+    for _ in range(passes):
+        consumer.assign([(m.topic, p, s) for p, (s, e) in m.partitions.items()])
+        t0, got, nbytes = time.perf_counter(), 0, 0
+        while got < total:
+            _, _, vals, _ = consumer.poll_values(20_000, 0.5)
+            got += len(vals)
+            nbytes += sum(map(len, vals))  # touch every value, as a consumer would
+        seconds += time.perf_counter() - t0
     consumer.close()
-    return total / seconds
+    return total * passes / seconds
 
 
 def stream_for(cfg: KafkaConfig, m, batch: int) -> KafkaStreamDataset:
@@ -56,11 +58,12 @@ def stream_for(cfg: KafkaConfig, m, batch: int) -> KafkaStreamDataset:
     return KafkaStreamDataset(cfg, scfg, plan)
 
 
-def decode_consume(cfg: KafkaConfig, m, batch: int) -> float:
-    ds = stream_for(cfg, m, batch)
-    t0 = time.perf_counter()
-    n = sum(len(b) for b in ds)
-    assert n == m.record_count, (n, m.record_count)
+def decode_consume(cfg: KafkaConfig, m, batch: int, passes: int) -> float:
+    """The stream over the whole topic ``passes`` times (a consumer per pass)."""
+    t0, n = time.perf_counter(), 0
+    for _ in range(passes):
+        n += sum(len(b) for b in stream_for(cfg, m, batch))
+    assert n == m.record_count * passes, (n, m.record_count)
     return n / (time.perf_counter() - t0)
 
 
@@ -116,9 +119,13 @@ def train_row(cfg: KafkaConfig, args, ds, m, fmt: str) -> dict:
     n = args.train_samples
     sub = {p: (s, s + n // args.partitions) for p, (s, e) in m.partitions.items()}
     small = m.__class__(**{**m.__dict__, "partitions": sub})
-    mem = train_rate(MemoryBatches(ds.images[:n], ds.labels[:n], args.batch_size), args.model,
-                     ds.shape, ds.num_classes, args.batch_size)
-    kaf = train_rate(stream_for(cfg, small, args.batch_size), args.model, ds.shape, ds.num_classes, args.batch_size)
+    mems, kafs = [], []
+    for _ in range(args.repeats):  # interleaved: machine drift hits both alike
+        mems.append(train_rate(MemoryBatches(ds.images[:n], ds.labels[:n], args.batch_size), args.model,
+                               ds.shape, ds.num_classes, args.batch_size))
+        kafs.append(train_rate(stream_for(cfg, small, args.batch_size), args.model, ds.shape, ds.num_classes,
+                               args.batch_size))
+    mem, kaf = median(mems), median(kafs)
     print(f"  train {fmt:<9} memory {mem:>8,.0f}/s  kafka {kaf:>8,.0f}/s  ratio {kaf / mem:.2f}", flush=True)
     return {"client": cfg.client, "format": fmt, "memory_per_s": mem, "kafka_per_s": kaf, "ratio": kaf / mem}
 
@@ -133,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per row; the median is shown")
+    ap.add_argument("--passes", type=int, default=3, help="reads of the whole topic per consume measurement")
     ap.add_argument("--skip-train", action="store_true", help="only the consume/decode rows")
     ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = ap.parse_args(argv)
@@ -149,8 +157,8 @@ def main(argv=None) -> int:
                 cfg = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, client=client)
                 raws, decs = [], []
                 for _ in range(args.repeats):  # interleaved, so drift hits both alike
-                    raws.append(raw_consume(cfg, m))
-                    decs.append(decode_consume(cfg, m, args.batch_size))
+                    raws.append(raw_consume(cfg, m, args.passes))
+                    decs.append(decode_consume(cfg, m, args.batch_size, args.passes))
                 raw, dec = median(raws), median(decs)
                 rows.append({"client": client, "format": fmt, "raw_per_s": raw, "decode_per_s": dec,
                              "ratio": dec / raw})
@@ -158,12 +166,14 @@ def main(argv=None) -> int:
                       flush=True)
             if not args.skip_train:
                 train_rows.append(train_row(base.with_servers(broker.bootstrap_servers), args, ds, m, fmt))
-    print(f"\nconsume + decode into batches, {args.samples} Fashion-MNIST records, bytes layout, batch {args.batch_size}")
+    print(f"\nconsume + decode into batches, {args.samples} Fashion-MNIST records x {args.passes} passes, bytes layout, "
+          f"batch {args.batch_size}, median of {args.repeats}")
     print(f"{'client':<13}{'format':<10}{'raw rec/s':>12}{'decode rec/s':>14}{'ratio':>7}")
     for r in rows:
         print(f"{r['client']:<13}{r['format']:<10}{r['raw_per_s']:>12,.0f}{r['decode_per_s']:>14,.0f}{r['ratio']:>7.2f}")
     if train_rows:
-        print(f"\ntraining, one process, model {args.model}, batch {args.batch_size}, {args.train_samples} samples")
+        print(f"\ntraining, one process, model {args.model}, batch {args.batch_size}, {args.train_samples} samples, "
+              f"median of {args.repeats}")
         print(f"{'client':<13}{'format':<10}{'memory/s':>10}{'kafka/s':>10}{'ratio':>7}")
         for r in train_rows:
             print(f"{r['client']:<13}{r['format']:<10}{r['memory_per_s']:>10,.0f}{r['kafka_per_s']:>10,.0f}{r['ratio']:>7.2f}")
