@@ -134,6 +134,26 @@ def test_interrupted_run_resumes_with_exact_epochs(kcfg, topics, tmp_path):
     assert_exact_epochs(report, topics["train"])
 
 
+def test_resume_on_a_different_number_of_processes(kcfg, topics, tmp_path):
+    """Checkpointed offsets, not rank positions: 2 ranks crash mid-epoch, 3 finish it."""
+    ckpt = tmp_path / "ckpt"
+    common = ["--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic, "--epochs", "1",
+              "--checkpoint-dir", str(ckpt), "--checkpoint-every", "5"]
+    train(kcfg, tmp_path / "a", *common, "--num-processes", "2", "--inject-failure-at-step", "12", expect_rc=1)
+    report = train(kcfg, tmp_path / "b", *common, "--num-processes", "3", "--resume")
+    assert report["world_size"] == 3
+    assert_exact_epochs(report, topics["train"])
+    ranks = {c["rank"] for c in report["epochs"][0]["consumed"]}
+    assert ranks == {0, 1, 2}   # ranges of the 2-rank part keep their ranks, the 3-rank part adds rank 2
+
+
+def test_kafka_python_client_trains(kcfg, topics, tmp_path):
+    report = train(kcfg, tmp_path, "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic,
+                   "--epochs", "1", "--num-processes", "2", "--client", "kafka-python")
+    assert report["config"]["kafka"]["client"] == "kafka-python"
+    assert_exact_epochs(report, topics["train"])
+
+
 def test_failure_restarts_from_checkpoint(kcfg, topics, tmp_path):
     report = train(kcfg, tmp_path, "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic,
                    "--epochs", "1", "--num-processes", "2", "--checkpoint-every", "4",
