@@ -57,7 +57,7 @@ def build_spec(kcfg, tcfg, manifests, run_dir: Path, extra: dict):
                    run_dir=str(run_dir), resume_from=resume_from, extra=extra)
 
 
-def run_with_restarts(scfg: SparkConfig, spec, max_restarts: int) -> tuple[dict, int]:
+def run_with_restarts(scfg: SparkConfig, spec, max_restarts: int) -> tuple[tuple[dict, dict], int]:
     """TorchDistributor run; on failure resume from the newest checkpoint."""
     from ddp_kbit import spark
     from ddp_kbit.train import train_fn
@@ -98,9 +98,10 @@ def last_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:500]
 
 
-def train_report(kcfg, tcfg, scfg, result: dict, restarts: int, dlq_topic: str) -> dict:
+def train_report(kcfg, tcfg, scfg, launched: tuple[dict, dict], restarts: int, dlq_topic: str) -> dict:
+    result, where = launched
     return {"mode": "train", "config": {"kafka": as_dict(kcfg), "train": as_dict(tcfg), "spark": as_dict(scfg)},
-            "world_size": result["world_size"], "restarts": restarts, "epochs": result["epochs"],
+            "spark": where, "world_size": result["world_size"], "restarts": restarts, "epochs": result["epochs"],
             "final": result["final"], "bad_records": {**result["bad_records"], "dlq_topic": dlq_topic}}
 
 
@@ -110,5 +111,5 @@ def run_training(kcfg: KafkaConfig, tcfg: TrainConfig, scfg: SparkConfig, run_di
     log.info("training on %s (%d records, %d partitions), testing on %s; %d processes, %s",
              manifests["train"].topic, manifests["train"].record_count, len(manifests["train"].partitions),
              manifests["test"].topic, scfg.num_processes, "barrier mode" if scfg.distributed else "local mode")
-    result, restarts = run_with_restarts(scfg, spec, tcfg.max_restarts)
-    return train_report(kcfg, tcfg, scfg, result, restarts, f"{manifests['train'].topic}.dlq")
+    launched, restarts = run_with_restarts(scfg, spec, tcfg.max_restarts)
+    return train_report(kcfg, tcfg, scfg, launched, restarts, f"{manifests['train'].topic}.dlq")

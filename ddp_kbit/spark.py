@@ -29,9 +29,15 @@ def read_conf(path: Path) -> dict[str, str]:
     return out
 
 
+def under_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands Python its gateway."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def session_conf(cfg: SparkConfig) -> dict[str, str]:
     conf_dir = Path(cfg.conf_dir) if cfg.conf_dir else CONF_DIR
-    conf = read_conf(conf_dir / "spark-defaults.conf")
+    # Under spark-submit its --master/--conf/properties file rule; only our explicit flags apply.
+    conf = {} if under_spark_submit() else read_conf(conf_dir / "spark-defaults.conf")
     if cfg.gpu:
         conf.update(read_conf(conf_dir / "rapids.conf"))
         script = conf.get("spark.executor.resource.gpu.discoveryScript", "")
@@ -68,15 +74,19 @@ def get_session(cfg: SparkConfig):
     return spark
 
 
-def launch(cfg: SparkConfig, train_fn, spec):
-    """Run ``train_fn(spec)`` on ``num_processes`` ranks; returns rank 0's result."""
+def launch(cfg: SparkConfig, train_fn, spec) -> tuple[dict, dict]:
+    """Run ``train_fn(spec)`` on ``num_processes`` ranks; returns rank 0's result
+    and where it ran (master, application id, Spark version) for the report."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    get_session(cfg)
+    spark = get_session(cfg)
+    sc = spark.sparkContext
+    where = {"master": sc.master, "app_id": sc.applicationId, "spark_version": spark.version,
+             "mode": "barrier" if cfg.distributed else "local"}
     distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=not cfg.distributed,
                                    use_gpu=cfg.gpu)
     distributor.logger.setLevel(logging.WARNING)
-    return distributor.run(train_fn, spec)
+    return distributor.run(train_fn, spec), where
 
 
 def stop_session() -> None:

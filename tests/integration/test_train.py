@@ -2,9 +2,11 @@
 TorchDistributor, in local mode and barrier mode, on skewed partitions, with
 malformed records, and interrupted-then-resumed runs with exact epochs."""
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +104,7 @@ def test_barrier_mode_trains(kcfg, topics, tmp_path):
     report = train(kcfg, tmp_path, "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic,
                    "--epochs", "1", "--num-processes", "2", "--distributed", "--model", "mlp")
     assert report["world_size"] == 2 and report["config"]["spark"]["distributed"] is True
+    assert report["spark"]["mode"] == "barrier" and report["spark"]["master"] == "local[2]"
     assert_exact_epochs(report, topics["train"])
     assert report["final"]["test_accuracy"] > 0.5
 
@@ -209,3 +212,24 @@ def test_help_explains_every_flag():
         assert undocumented == []
     out = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--help"], capture_output=True, text=True).stdout
     assert "--checkpoint-every" in out and "--spark-conf" in out and "--sasl-mechanism" in out
+
+
+def test_spark_submit_entry_point(kcfg, topics, tmp_path):
+    """`spark-submit ddp_kbit/main.py ...`: the file runs as a script, and spark-submit's
+    --master is kept, not replaced by spark_conf/spark-defaults.conf."""
+    root = Path(__file__).resolve().parents[2]
+    submit = Path(sys.executable).parent / "spark-submit"
+    cmd = [str(submit), "--master", "local[3]", str(root / "ddp_kbit" / "main.py"), "--mode", "train",
+           "--distributed", "--bootstrap-servers", kcfg.bootstrap_servers, "--format", "protobuf",
+           "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic, "--epochs", "1",
+           "--num-processes", "2", "--batch-size", "64", "--no-progress", "--run-dir", str(tmp_path),
+           "--log-level", "WARNING"]
+    # as with an activated venv: spark-submit finds Spark and Python on PATH
+    env = {**os.environ, "PATH": f"{submit.parent}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["world_size"] == 2
+    # spark-defaults.conf alone would have made it local[2]
+    assert report["spark"]["master"] == "local[3]" and report["spark"]["mode"] == "barrier"
+    assert_exact_epochs(report, topics["train"])
