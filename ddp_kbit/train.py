@@ -56,11 +56,21 @@ def init_distributed(use_cuda: bool) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        # processes share the host's cores; oversubscribed threads slow everyone down
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        torch.set_num_threads(cpu_threads(world))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return rank, world, device
+
+
+def cpu_threads(world: int) -> int:
+    """Threads for this rank's CPU ops. Spark hands each task its CPU share as
+    OMP_NUM_THREADS (spark.task.cpus); without it, split this host's CPUs among
+    the local ranks. In barrier mode LOCAL_WORLD_SIZE is 1 per task even when
+    tasks share a host, so it alone would oversubscribe (measured: half speed)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def gather(obj) -> list:
@@ -207,9 +217,12 @@ def train_fn(spec: RunSpec) -> dict | None:
 def _train(spec: RunSpec) -> dict | None:
     use_cuda = bool(spec.extra.get("gpu")) and torch.cuda.is_available()
     rank, world, device = init_distributed(use_cuda)
-    logging.basicConfig(level=spec.extra.get("log_level", "INFO"),
+    # force: a Spark python worker may already have configured logging (lines would repeat)
+    logging.basicConfig(level=spec.extra.get("log_level", "INFO"), force=True,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ignite").setLevel(logging.WARNING)  # it logs every engine start/stop
+    log.info("rank %d/%d on %s: %d torch threads, cpus %s, OMP_NUM_THREADS=%s", rank, world, device,
+             torch.get_num_threads(), sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))
     rt = RankTrainer(spec, rank, world, device, use_cuda)
     if spec.resume_from:
         rt.restore(spec.resume_from)
