@@ -14,14 +14,20 @@ from ddp_kbit.partitions import ranges_to_slices
 log = logging.getLogger("ddp_kbit.driver")
 
 
-def resolve_topics(kcfg: KafkaConfig, tcfg: TrainConfig) -> dict[str, manifest.Manifest]:
-    """Manifests of the train and test topics; the default dataset's topics are
-    published first when they have none (a fresh embedded broker)."""
-    if tcfg.train_topic is None and tcfg.test_topic is None:
-        from producers.publish import ensure_published
+def ensure_default_topics(kcfg: KafkaConfig, tcfg: TrainConfig) -> dict[str, manifest.Manifest]:
+    """The dataset's train/test topics in the training format, published when
+    they have no manifest yet (a fresh embedded broker)."""
+    from producers.publish import ensure_published
 
-        pcfg = PublishConfig(dataset=tcfg.dataset, format=tcfg.format, layout=tcfg.layout, progress=tcfg.progress)
-        return ensure_published(kcfg, pcfg, splits=("train", "test"))
+    pcfg = PublishConfig(dataset=tcfg.dataset, format=tcfg.format, layout=tcfg.layout, progress=tcfg.progress)
+    return ensure_published(kcfg, pcfg, splits=("train", "test"))
+
+
+def resolve_topics(kcfg: KafkaConfig, tcfg: TrainConfig) -> dict[str, manifest.Manifest]:
+    """Manifests of the train and test topics: the default ones (published if
+    missing), or the named ones (manifest, else derived from the broker)."""
+    if tcfg.train_topic is None and tcfg.test_topic is None:
+        return ensure_default_topics(kcfg, tcfg)
     return {split: manifest.resolve(kcfg, tcfg.topic(split)) for split in ("train", "test")}
 
 

@@ -17,8 +17,8 @@ if __package__ in (None, ""):  # run as a file (spark-submit ddp_kbit/main.py): 
 
 from ddp_kbit import cli  # noqa: E402
 from ddp_kbit.codecs import FORMATS, LAYOUTS  # noqa: E402
-from ddp_kbit.config import (OPTIMIZERS, SCHEDULES, PublishConfig, SparkConfig, TrainConfig, as_dict,  # noqa: E402
-                             build, load_config_file)
+from ddp_kbit.config import (OPTIMIZERS, SCHEDULES, SparkConfig, TrainConfig, as_dict, build,  # noqa: E402
+                             load_config_file)
 from ddp_kbit.models import MODELS  # noqa: E402
 
 log = logging.getLogger("ddp_kbit")
@@ -86,11 +86,10 @@ def configs(args, file_cfg):
             build(SparkConfig, file_cfg.get("spark"), over))
 
 
-def run_publish(kcfg, tcfg: TrainConfig, run_dir: Path) -> dict:
-    from producers.publish import ensure_published
+def run_publish(kcfg, tcfg: TrainConfig) -> dict:
+    from ddp_kbit.driver import ensure_default_topics
 
-    pcfg = PublishConfig(dataset=tcfg.dataset, format=tcfg.format, layout=tcfg.layout, progress=tcfg.progress)
-    manifests = ensure_published(kcfg, pcfg, splits=("train", "test"))
+    manifests = ensure_default_topics(kcfg, tcfg)
     return {"mode": "publish", "topics": {s: m.topic for s, m in manifests.items()}}
 
 
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with cli.kafka_session(kcfg, run_dir) as live:
             if args.mode == "publish":
-                report = run_publish(live, tcfg, run_dir)
+                report = run_publish(live, tcfg)
             else:
                 from ddp_kbit.driver import run_training
 

@@ -147,12 +147,18 @@ def subtract(slices: Iterable[Slice], used: Iterable[Slice]) -> list[Slice]:
     return remaining
 
 
+def merge_counted(items: Iterable[tuple[Slice, int]]) -> list[tuple[Slice, int]]:
+    """(range, count) pairs with adjacent or overlapping ranges of one partition
+    joined and their counts summed."""
+    out: list[tuple[Slice, int]] = []
+    for s, n in sorted(items, key=lambda it: it[0]):
+        if out and out[-1][0].tp == s.tp and s.start <= out[-1][0].end:
+            last, m = out.pop()
+            s, n = Slice(s.topic, s.partition, last.start, max(last.end, s.end)), m + n
+        out.append((s, n))
+    return out
+
+
 def merge(slices: Iterable[Slice]) -> list[Slice]:
     """Adjacent or overlapping intervals of the same partition joined."""
-    out: list[Slice] = []
-    for s in sorted(slices):
-        if out and out[-1].tp == s.tp and s.start <= out[-1].end:
-            last = out.pop()
-            s = Slice(s.topic, s.partition, last.start, max(last.end, s.end))
-        out.append(s)
-    return out
+    return [s for s, _ in merge_counted((s, 0) for s in slices)]

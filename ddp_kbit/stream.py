@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset
 from ddp_kbit import kafka_io
 from ddp_kbit.codecs import DecodeError, get_codec
 from ddp_kbit.config import KafkaConfig
-from ddp_kbit.partitions import RankPlan, Slice, merge
+from ddp_kbit.partitions import RankPlan, Slice, merge, merge_counted
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ class StreamConfig:
     stall_timeout_s: float = 60.0   # no record for this long -> a clear error, not a hang
     decode_records: int = 4096      # records decoded per call (several batches)
     max_bad_fraction: float = 0.01
-    dlq: bool = True
     pin_memory: bool = False
 
 
@@ -92,20 +91,14 @@ class _PartitionBuffers:
         if not vals:
             return 0
         self.last_record = time.monotonic()
-        # A poll returns runs of records per partition: split at the run boundaries.
-        p = np.asarray(parts)
-        cuts = [0, *(np.flatnonzero(p[1:] != p[:-1]) + 1).tolist(), len(vals)]
+        # A poll returns runs of records per partition: split where (topic, partition) changes.
+        p, t = np.asarray(parts), np.asarray(topics)
+        change = np.flatnonzero((p[1:] != p[:-1]) | (t[1:] != t[:-1])) + 1
+        cuts = [0, *change.tolist(), len(vals)]
         for a, b in zip(cuts, cuts[1:]):
-            for topic in dict.fromkeys(topics[a:b]):  # one topic per run, except in mixed polls
-                idx = range(a, b) if topics[a] == topics[b - 1] == topic and len(set(topics[a:b])) == 1 else \
-                    [i for i in range(a, b) if topics[i] == topic]
-                tp = (topic, parts[a])
-                if isinstance(idx, range):
-                    self.offs[tp].extend(offs[a:b])
-                    self.vals[tp].extend(vals[a:b])
-                else:
-                    self.offs[tp].extend(offs[i] for i in idx)
-                    self.vals[tp].extend(vals[i] for i in idx)
+            tp = (topics[a], parts[a])
+            self.offs[tp].extend(offs[a:b])
+            self.vals[tp].extend(vals[a:b])
         full = {tp for tp in self.offs if len(self.offs[tp]) - self.head[tp] >= self.limit} - self.paused
         if full:
             self.consumer.pause(full)
@@ -172,7 +165,7 @@ class KafkaStreamDataset(IterableDataset):
             covered = [any(u.tp == b.tp and u.start <= b.start and b.end <= u.end for u in used) for b in batch]
             if all(covered):
                 skip += 1
-            elif any(covered) or skip < len(self.plan.batches) and _overlaps(batch, used):
+            elif _overlaps(batch, used):
                 raise StreamError("stream state does not match this plan (a batch is partly used)")
             else:
                 break
@@ -287,17 +280,6 @@ class KafkaStreamDataset(IterableDataset):
                               f"--max-bad-fraction {self.cfg.max_bad_fraction}; see the dead-letter topic")
 
 
-def merge_counted(items) -> list[tuple[Slice, int]]:
-    """(range, count) pairs with adjacent ranges of one partition joined, counts summed."""
-    out: list[tuple[Slice, int]] = []
-    for s, n in sorted(items, key=lambda it: it[0]):
-        if out and out[-1][0].tp == s.tp and s.start <= out[-1][0].end:
-            last, m = out.pop()
-            s, n = Slice(s.topic, s.partition, last.start, max(last.end, s.end)), m + n
-        out.append((s, n))
-    return out
-
-
 def _overlaps(batch, used) -> bool:
     return any(u.tp == b.tp and u.start < b.end and b.start < u.end for b in batch for u in used)
 
@@ -313,10 +295,13 @@ class _DeadLetters:
         if self._producer is None:
             self._producer = self._factory()
         if topic not in self._made and self._kafka.bootstrap_servers:
+            admin = kafka_io.make_admin(self._kafka)
             try:  # real Kafka may not auto-create topics
-                kafka_io.make_admin(self._kafka).create_topic(topic, 1)
+                admin.create_topic(topic, 1)
             except kafka_io.ClientError as exc:
                 log.warning("cannot create %s: %s", topic, exc)
+            finally:
+                admin.close()
             self._made.add(topic)
         headers = [("ddp_kbit.source.topic", tp[0].encode()), ("ddp_kbit.source.partition", str(tp[1]).encode()),
                    ("ddp_kbit.source.offset", str(offset).encode()), ("ddp_kbit.error", str(err).encode()),

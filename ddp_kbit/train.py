@@ -24,7 +24,7 @@ from ddp_kbit import checkpoint
 from ddp_kbit.config import KafkaConfig, TrainConfig
 from ddp_kbit.models import build_model
 from ddp_kbit.partitions import Slice, plan_epoch, subtract
-from ddp_kbit.stream import KafkaStreamDataset, StreamConfig, merge_counted, to_device
+from ddp_kbit.stream import KafkaStreamDataset, StreamConfig, to_device
 
 log = logging.getLogger("ddp_kbit.train")
 
@@ -182,9 +182,9 @@ def attach_fault_injection(trainer: Engine, at_step: int, marker: Path) -> None:
 
 
 # ------------------------------------------------------------------ checkpoint state
-def stream_state(ds: KafkaStreamDataset, before: list, rank: int) -> list:
+def stream_state(ds: KafkaStreamDataset, rank: int) -> list:
     """This rank's consumed ranges so far this epoch, as plain lists."""
-    return before + [[rank, s.topic, s.partition, s.start, s.end, n] for s, n in ds.consumed]
+    return [[rank, s.topic, s.partition, s.start, s.end, n] for s, n in ds.consumed]
 
 
 def bad_total(parts: list[dict]) -> dict:
@@ -283,7 +283,7 @@ class RankTrainer:
 
     def so_far(self, engine: Engine, ds: KafkaStreamDataset, t0: float) -> tuple[list, dict, list]:
         """(consumed ranges, bad records, stats) of this epoch so far, over all ranks."""
-        consumed = sum(gather(stream_state(ds, [], self.rank)), self.before)
+        consumed = sum(gather(stream_state(ds, self.rank)), self.before)
         bad = bad_total([self.bad, *gather(ds.bad.as_dict())])
         now = all_sum([float(engine.state.loss_sum), engine.state.samples, ds.wait_seconds,
                        time.perf_counter() - t0], self.device)

@@ -11,7 +11,6 @@ import time
 
 import bson
 import fastavro
-import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 

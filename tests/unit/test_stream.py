@@ -97,7 +97,7 @@ def test_state_holds_only_marked_batches_and_resume_skips_them():
     plan = plan_epoch([Slice("t", 0, 0, 40)], 1, 10)[0]
     ds = dataset(logs, plan)
     it = iter(ds)
-    b1, b2 = next(it), next(it)     # b2 prefetched but not stepped
+    b1, _prefetched = next(it), next(it)     # the second is prefetched but not stepped
     ds.mark_used(b1)
     it.close()
     state = ds.state_dict()
