@@ -23,39 +23,35 @@ import numpy as np
 import torch
 from ignite.engine import Events
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ddp_kbit import kafka_io  # noqa: E402
-from ddp_kbit.broker import EmbeddedBroker  # noqa: E402
-from ddp_kbit.config import KafkaConfig, PublishConfig, TrainConfig  # noqa: E402
-from ddp_kbit.datasets import load_dataset  # noqa: E402
-from ddp_kbit.models import build_model  # noqa: E402
-from ddp_kbit.partitions import plan_epoch, ranges_to_slices  # noqa: E402
-from ddp_kbit.stream import KafkaStreamDataset, StreamBatch, StreamConfig  # noqa: E402
-from ddp_kbit.train import build_optimizer, make_trainer  # noqa: E402
-from producers.publish import publish  # noqa: E402
+from ddp_kbit import kafka
+from ddp_kbit.config import DataConfig, KafkaConfig, PublishConfig, TrainConfig
+from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.partitions import plan_epoch, ranges_to_slices
+from ddp_kbit.data.publish import publish
+from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch
+from ddp_kbit.kafka.broker import EmbeddedBroker
+from ddp_kbit.train.loop import build_optimizer, make_trainer
+from ddp_kbit.train.models import build_model
 
 
 def raw_consume(cfg: KafkaConfig, m, passes: int) -> float:
     """A plain loop over the whole topic ``passes`` times with one consumer."""
-    consumer = kafka_io.make_consumer(cfg, group_id="bench.raw")
     total, seconds = m.record_count, 0.0
-    for _ in range(passes):
-        consumer.assign([(m.topic, p, s) for p, (s, e) in m.partitions.items()])
-        t0, got, nbytes = time.perf_counter(), 0, 0
-        while got < total:
-            _, _, vals, _ = consumer.poll_values(20_000, 0.5)
-            got += len(vals)
-            nbytes += sum(map(len, vals))  # touch every value, as a consumer would
-        seconds += time.perf_counter() - t0
-    consumer.close()
+    with kafka.make_consumer(cfg, group_id="bench.raw") as consumer:
+        for _ in range(passes):
+            consumer.assign([(m.topic, p, s) for p, (s, e) in m.partitions.items()])
+            t0, got, nbytes = time.perf_counter(), 0, 0
+            while got < total:
+                _, _, vals, _ = consumer.poll_values(20_000, 0.5)
+                got += len(vals)
+                nbytes += sum(map(len, vals))  # touch every value, as a consumer would
+            seconds += time.perf_counter() - t0
     return total * passes / seconds
 
 
 def stream_for(cfg: KafkaConfig, m, batch: int) -> KafkaStreamDataset:
     plan = plan_epoch(ranges_to_slices(m.topic, m.partitions), 1, batch)[0]
-    scfg = StreamConfig(format=m.format, layout=m.layout, shape=tuple(m.shape), dtype=m.dtype)
-    return KafkaStreamDataset(cfg, scfg, plan)
+    return KafkaStreamDataset(cfg, DataConfig(), m, plan)
 
 
 def decode_consume(cfg: KafkaConfig, m, batch: int, passes: int) -> float:
@@ -79,13 +75,12 @@ def train_rate(batches, model_name: str, shape, classes: int, batch: int, warmup
     cfg = TrainConfig(batch_size=batch, lr_schedule="none")
     opt, sched = build_optimizer(cfg, model.parameters(), 1000)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    trainer = make_trainer(model, opt, sched, scaler, torch.device("cpu"), cfg, amp=False)
+    trainer = make_trainer(model, opt, sched, scaler, torch.device("cpu"), cfg.grad_accum, amp=False)
     marks = {}
 
     @trainer.on(Events.STARTED)
     def _init(engine):
-        engine.state.stream, engine.state.pending, engine.state.global_step = _NoState(), [], 0
-        engine.state.samples, engine.state.loss_sum = 0, torch.zeros(())
+        engine.state.stream, engine.state.global_step = _NoState(), 0
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _mark(engine):
@@ -151,8 +146,8 @@ def main(argv=None) -> int:
         # A fresh broker per format: tansu's memory store slows down as it fills.
         with EmbeddedBroker() as broker:
             base = KafkaConfig(bootstrap_servers=broker.bootstrap_servers)
-            m = publish(base, PublishConfig(format=fmt, topic=f"ingest.{fmt}", partitions=args.partitions,
-                                            progress=False), ds).manifest
+            m = publish(base, PublishConfig(format=fmt, topic=f"ingest.{fmt}", partitions=args.partitions), ds,
+                        progress=False).manifest
             for client in args.clients.split(","):
                 cfg = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, client=client)
                 raws, decs = [], []

@@ -15,20 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ddp_kbit import kafka_io  # noqa: E402
-from ddp_kbit.broker import EmbeddedBroker  # noqa: E402
-from ddp_kbit.codecs import FORMATS, get_codec  # noqa: E402
-from ddp_kbit.config import CLIENTS, KafkaConfig  # noqa: E402
-from ddp_kbit.datasets import load_dataset  # noqa: E402
-from producers.publish import produce_all  # noqa: E402
+from ddp_kbit import kafka
+from ddp_kbit.config import CLIENTS, KafkaConfig
+from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.publish import produce_all
+from ddp_kbit.kafka.broker import EmbeddedBroker
+from ddp_kbit.wire import FORMATS, get_codec
 
 
 class RawBytes:
     """Baseline: the pixel bytes as the value, nothing else."""
 
     format = "raw"
+    headers: list = []
 
     def encode_array(self, index, label, array):
         return array.tobytes()
@@ -46,12 +45,10 @@ def one_run(cfg: KafkaConfig, codec, ds, topic: str, partitions: int) -> dict:
     broker = None if cfg.bootstrap_servers else EmbeddedBroker().start()
     cfg = cfg if broker is None else cfg.with_servers(broker.bootstrap_servers)
     try:
-        kafka_io.make_admin(cfg).create_topic(topic, partitions)
-        producer = kafka_io.make_producer(cfg)
-        try:
+        with kafka.make_admin(cfg) as admin:
+            admin.create_topic(topic, partitions)
+        with kafka.make_producer(cfg) as producer:
             nbytes, seconds = produce_all(producer, codec, ds, topic, partitions, progress=False)
-        finally:
-            producer.close()
     finally:
         if broker:
             broker.stop()

@@ -1,61 +1,95 @@
-"""Pieces every command-line entry point shares: Kafka/security flags, --config,
---log-level, the run directory, the embedded-broker fallback and the
-one-clear-line error exit."""
+"""What every command-line entry point shares: flags whose help shows the config
+field's default, config file + flag merging, logging, the embedded-broker
+fallback, and the one-clear-line error exit."""
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ddp_kbit.config import CLIENTS, SASL_MECHANISMS, SECURITY_PROTOCOLS, ConfigError, KafkaConfig, build
+from ddp_kbit.config import (CLIENTS, LOG_LEVELS, SASL_MECHANISMS, SECURITY_PROTOCOLS, GeneralConfig, KafkaConfig,
+                             build, build_group, load_config_file, sections_of)
+from ddp_kbit.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, UserError
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-EXIT_USAGE, EXIT_FAILURE = 2, 1
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("general")
-    g.add_argument("--config", metavar="FILE", help="TOML or JSON file with [kafka], [publish], [train] ... "
-                   "sections; flags given on the command line override it")
-    g.add_argument("--log-level", default=None, type=str.upper, choices=LOG_LEVELS,
-                   help="log verbosity (default INFO)")
-    g.add_argument("--run-dir", metavar="DIR", help="where the broker log and JSON report go "
-                   "(default runs/<timestamp>/)")
+PASSWORD_ENV = "DDP_KBIT_SASL_PASSWORD"
 
 
-def add_kafka_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("kafka connection")
-    g.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
-                   help="Kafka brokers; when omitted an embedded broker (tansu, memory only) is started "
-                        "for the duration of the command")
-    g.add_argument("--client", choices=CLIENTS, help="Kafka client library (default confluent)")
-    g.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS, help="default PLAINTEXT")
-    g.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS, help="SASL mechanism for SASL_* protocols")
-    g.add_argument("--sasl-username", help="SASL user name")
-    g.add_argument("--sasl-password", help="SASL password (prefer the config file or $DDP_KBIT_SASL_PASSWORD)")
-    g.add_argument("--ssl-cafile", metavar="PEM", help="CA bundle to verify the brokers")
-    g.add_argument("--ssl-certfile", metavar="PEM", help="client certificate for mutual TLS")
-    g.add_argument("--ssl-keyfile", metavar="PEM", help="client private key for mutual TLS")
-    g.add_argument("--ssl-password", help="password of the client private key")
-    g.add_argument("--request-timeout-s", type=float, metavar="S",
-                   help="give up on an unreachable broker after this long (default 10)")
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def kafka_config(args: argparse.Namespace, file_cfg: dict) -> KafkaConfig:
-    overrides = vars(args).copy()
-    if overrides.get("sasl_password") is None and os.environ.get("DDP_KBIT_SASL_PASSWORD"):
-        overrides["sasl_password"] = os.environ["DDP_KBIT_SASL_PASSWORD"]
-    return build(KafkaConfig, file_cfg.get("kafka"), overrides)
+def option(group, section: str, cls, name: str, *flags: str, help: str, **kw) -> None:
+    """A flag for field ``name`` of config part ``cls`` (stored as ``section.name``);
+    its help ends with the field's default, so the two never disagree."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if not (default is None or default is False or default == ()) and kw.get("action") != "store_false":
+        help = f"{help} (default {_show(default)})"
+    flags = flags or (f"--{name.replace('_', '-')}",)
+    if "metavar" not in kw and "choices" not in kw and kw.get("action") not in ("store_true", "store_false"):
+        kw["metavar"] = flags[0].lstrip("-").replace("-", "_").upper()
+    group.add_argument(*flags, dest=f"{section}.{name}", default=None, help=help, **kw)
 
 
-def setup_logging(level: str | None) -> None:
-    logging.basicConfig(level=getattr(logging, level or "INFO"), stream=sys.stderr,
+def overrides(args: argparse.Namespace) -> dict[str, dict]:
+    """Flags given on the command line, by config section."""
+    out: dict[str, dict] = {}
+    for dest, value in vars(args).items():
+        section, dot, name = dest.partition(".")
+        if dot and value is not None:
+            out.setdefault(section, {})[name] = value
+    if PASSWORD_ENV in os.environ and "sasl_password" not in out.get("kafka", {}):
+        out.setdefault("kafka", {})["sasl_password"] = os.environ[PASSWORD_ENV]
+    return out
+
+
+def add_general_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("general")
+    g.add_argument("--config", metavar="FILE", help="TOML or JSON file with one section per part "
+                   "([general], [kafka], [data], ...); flags given on the command line override it")
+    option(g, "general", GeneralConfig, "log_level", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
+    option(g, "general", GeneralConfig, "run_dir", metavar="DIR",
+           help="where the broker log, reports and checkpoints go (default runs/<timestamp>/)")
+    option(g, "general", GeneralConfig, "report", metavar="PATH", help="JSON report path (default <run dir>/report.json)")
+    option(g, "general", GeneralConfig, "progress", "--no-progress", action="store_false",
+           help="no progress bars (off a terminal they are a log line every 10%% anyway)")
+
+
+def add_kafka_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("kafka connection")
+    opt = lambda name, *flags, **kw: option(g, "kafka", KafkaConfig, name, *flags, **kw)  # noqa: E731
+    opt("bootstrap_servers", metavar="HOST:PORT[,...]",
+        help="Kafka brokers; when omitted an embedded broker (tansu, memory only) is started "
+             "for the duration of the command")
+    opt("client", choices=CLIENTS, help="Kafka client library")
+    opt("security_protocol", choices=SECURITY_PROTOCOLS, help="how to talk to the brokers")
+    opt("sasl_mechanism", choices=SASL_MECHANISMS, help="SASL mechanism for SASL_* protocols")
+    opt("sasl_username", help="SASL user name")
+    opt("sasl_password", help=f"SASL password (prefer the config file or ${PASSWORD_ENV})")
+    opt("ssl_cafile", metavar="PEM", help="CA bundle to verify the brokers")
+    opt("ssl_certfile", metavar="PEM", help="client certificate for mutual TLS")
+    opt("ssl_keyfile", metavar="PEM", help="client private key for mutual TLS")
+    opt("ssl_password", help="password of the client private key")
+    opt("request_timeout_s", type=float, metavar="S", help="give up on an unreachable broker after this long")
+
+
+def config_group(cls, args: argparse.Namespace, extra_sections=()) -> tuple:
+    """(A grouping config such as JobConfig from the file and the flags, the file's sections)."""
+    file_cfg = load_config_file(args.config, [*sections_of(cls), *extra_sections])
+    return build_group(cls, file_cfg, overrides(args)), file_cfg
+
+
+def config_part(cls, section: str, args: argparse.Namespace, file_cfg: dict):
+    return build(cls, file_cfg.get(section), overrides(args).get(section), where=section)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # Client libraries log every reconnect attempt; our own errors already say
     # what failed in one line, so theirs show only at DEBUG.
@@ -65,22 +99,6 @@ def setup_logging(level: str | None) -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
-def make_run_dir(run_dir: str | None, base: str = "runs") -> Path:
-    path = Path(run_dir) if run_dir else Path(base) / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def write_json(path: str | Path, obj) -> Path:
-    """Atomic: a reader never sees half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 @contextlib.contextmanager
 def kafka_session(cfg: KafkaConfig, run_dir: Path) -> Iterator[KafkaConfig]:
     """Yields a config with reachable bootstrap servers: the given ones, or an
@@ -88,7 +106,7 @@ def kafka_session(cfg: KafkaConfig, run_dir: Path) -> Iterator[KafkaConfig]:
     if cfg.bootstrap_servers:
         yield cfg
         return
-    from ddp_kbit.broker import EmbeddedBroker
+    from ddp_kbit.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(run_dir) as broker:
         logging.getLogger(__name__).info("no --bootstrap-servers: using embedded broker %s (log %s)",
@@ -96,30 +114,16 @@ def kafka_session(cfg: KafkaConfig, run_dir: Path) -> Iterator[KafkaConfig]:
         yield cfg.with_servers(broker.bootstrap_servers)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that end a command with one line, not a traceback."""
-    from ddp_kbit.broker import BrokerError
-    from ddp_kbit.codecs import DecodeError
-    from ddp_kbit.datasets import DatasetError
-    from ddp_kbit.kafka_io import ClientError
-    from ddp_kbit.manifest import ManifestError
-
-    return (ConfigError, DatasetError, ClientError, BrokerError, ManifestError, DecodeError, UserError)
-
-
-class UserError(RuntimeError):
-    """A failure the user can act on (e.g. a publish that did not fully land)."""
-
-
 def run_main(fn: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str = "ddp-kbit") -> int:
+    """Run a command's main: a user error is one line and an exit code, never a traceback."""
     try:
         return fn(argv)
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except user_errors() as exc:
+    except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

@@ -1,26 +1,37 @@
-"""Small frozen config dataclasses, one per part, plus file (TOML/JSON) + CLI merging.
+"""Per-part frozen configs, grouped in one :class:`JobConfig`, plus file + CLI merging.
 
-Precedence: dataclass defaults < config file section < command-line flags. Every
-dataclass validates itself in ``__post_init__`` and names the allowed values.
+Precedence: dataclass defaults < config file section < command-line flags. Each
+part validates itself in ``__post_init__`` and names the allowed values; each part
+of the program receives only its own config. A config file is TOML (or JSON) with
+one section per part (``[kafka]``, ``[data]``, ``[train]`` ...); unknown sections
+and keys are errors naming the allowed ones, and a value of the wrong type names
+its field. No torch import here: ``--help`` and config errors stay fast.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import tomllib
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from ddp_kbit.errors import ConfigError
+from ddp_kbit.wire.sample import FORMATS, LAYOUTS, topic_name
 
 CLIENTS = ("confluent", "kafka-python")
 COMPRESSIONS = ("none", "gzip", "lz4", "zstd", "snappy")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MODELS = ("cnn", "mlp")            # ddp_kbit.train.models builds these
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+DATASETS = ("fashion-mnist", "mnist", "gtsrb", "npz", "synthetic")
 MANIFEST_TOPIC = "ddp_kbit.manifests"
-
-
-class ConfigError(ValueError):
-    """A bad flag, file or value; main prints it as one line and exits 2."""
+DEFAULT_FORMAT = "avro"            # of the default topics, when no --format is given
 
 
 def one_of(name: str, value, allowed) -> None:
@@ -33,21 +44,40 @@ def positive(name: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
 
 
+def fraction(name: str, value) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be within 0..1; got {value}")
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    """Logging, where a run's files go, progress output."""
+
+    log_level: str = "INFO"
+    run_dir: str | None = None      # default runs/<timestamp>/
+    report: str | None = None       # default <run dir>/report.json
+    progress: bool = True
+
+    def __post_init__(self):
+        one_of("log_level", self.log_level, LOG_LEVELS)
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     """Connection settings shared by every client. ``bootstrap_servers=None`` means
-    the embedded broker. Security settings pass through to both client libraries."""
+    the embedded broker. Security settings pass through to both client libraries;
+    secrets never appear in a repr, a log line or a report."""
 
     bootstrap_servers: str | None = None
     client: str = "confluent"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    ssl_password: str | None = None
+    ssl_password: str | None = field(default=None, repr=False)
     request_timeout_s: float = 10.0
 
     def __post_init__(self):
@@ -64,144 +94,82 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
-class PublishConfig:
+class DataConfig:
+    """Which topics a run reads and how the stream reads them."""
+
     dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    split: str = "train"
-    format: str = "avro"
+    data_dir: str | None = None     # where the dataset is read from when its topics must be published
+    format: str | None = None       # taken from the manifest; names the default topics (avro if not given)
     layout: str = "bytes"
-    topic: str | None = None
-    partitions: int = 4
-    compression: str = "none"
-    limit: int | None = None
-    force: bool = False
-    manifest_topic: str = MANIFEST_TOPIC
-    progress: bool = True
+    train_topic: str | None = None
+    test_topic: str | None = None
+    prefetch: int = 4               # batches decoded ahead of the training step
+    max_bad_fraction: float = 0.01
+    stall_timeout_s: float = 60.0   # no record for this long -> a clear error, not a hang
+    poll_records: int = 20_000      # records per poll
+    buffer_records: int = 50_000    # per-partition read-ahead before pausing the partition
+    decode_records: int = 4096      # records decoded per call (several batches)
 
     def __post_init__(self):
-        from ddp_kbit.codecs import FORMATS, LAYOUTS
-
-        one_of("split", self.split, ("train", "test"))
-        one_of("format", self.format, FORMATS)
+        one_of("dataset", self.dataset, DATASETS)
+        if self.format is not None:
+            one_of("format", self.format, FORMATS)
         one_of("layout", self.layout, LAYOUTS)
-        one_of("compression", self.compression, COMPRESSIONS)
-        positive("partitions", self.partitions)
-        if self.limit is not None:
-            positive("limit", self.limit)
+        for name in ("prefetch", "stall_timeout_s", "poll_records", "buffer_records", "decode_records"):
+            positive(name, getattr(self, name))
+        fraction("max_bad_fraction", self.max_bad_fraction)
+
+    def topic(self, split: str) -> str:
+        given = self.train_topic if split == "train" else self.test_topic
+        return given or topic_name(self.dataset, split, self.format or DEFAULT_FORMAT, self.layout)
 
     @property
-    def topic_name(self) -> str:
-        return self.topic or default_topic(self.dataset, self.split, self.format, self.layout)
-
-
-def default_topic(dataset: str, split: str, fmt: str, layout: str = "bytes") -> str:
-    """Wire contract: ``{dataset}.{split}.{format}``, ``.list`` appended for the list layout."""
-    name = f"{dataset}.{split}.{fmt}"
-    return name + ".list" if layout == "list" else name
-
-
-def load_config_file(path: str | Path | None) -> dict[str, Any]:
-    """A TOML or JSON file of sections (``[kafka]``, ``[publish]``, ``[train]`` ...)."""
-    if not path:
-        return {}
-    path = Path(path)
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError(f"config file {path} must hold sections of key = value tables")
-    return data
-
-
-def build(cls, section: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None):
-    """Instantiate a config dataclass from a file section and CLI overrides (None = not given)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    section = {k.replace("-", "_"): v for k, v in (section or {}).items()}
-    unknown = sorted(set(section) - names)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; allowed: {', '.join(sorted(names))}")
-    values = dict(section)
-    values.update({k: v for k, v in (overrides or {}).items() if k in names and v is not None})
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
-
-
-def as_dict(cfg) -> dict[str, Any]:
-    """For reports: secrets are masked."""
-    out = dataclasses.asdict(cfg)
-    for key in out:
-        if "password" in key and out[key]:
-            out[key] = "***"
-    return out
-
-
-__all__ = [
-    "KafkaConfig", "PublishConfig", "ConfigError", "build", "load_config_file", "default_topic",
-    "as_dict", "MANIFEST_TOPIC", "CLIENTS", "COMPRESSIONS",
-]
-
-
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "cosine", "step")
+    def default_topics(self) -> bool:
+        return self.train_topic is None and self.test_topic is None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What each rank needs to train; topics default to the contract's names."""
+    """Model and optimisation, per rank."""
 
-    dataset: str = "fashion-mnist"
-    format: str = "avro"
-    layout: str = "bytes"
-    train_topic: str | None = None
-    test_topic: str | None = None
     model: str = "cnn"
     epochs: int = 5
     batch_size: int = 128           # per rank, per step
     eval_batch_size: int = 1000
     lr: float = 1e-3
     optimizer: str = "adam"
-    momentum: float = 0.9
+    momentum: float = 0.9           # sgd only
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
     amp: bool = False               # CUDA only
     grad_accum: int = 1
     seed: int = 0
-    prefetch: int = 4
-    max_bad_fraction: float = 0.01
-    stall_timeout_s: float = 60.0
-    checkpoint_dir: str | None = None   # default <run dir>/checkpoints
-    checkpoint_every: int = 0       # steps; 0 = only at epoch ends
-    resume: bool = False
-    max_restarts: int = 0
-    inject_failure_at_step: int | None = None
-    progress: bool = True
+    handlers: tuple[str, ...] = ()  # extra ignite handlers, "module:function"
 
     def __post_init__(self):
-        from ddp_kbit.codecs import FORMATS, LAYOUTS
-        from ddp_kbit.models import MODELS
-
-        one_of("format", self.format, FORMATS)
-        one_of("layout", self.layout, LAYOUTS)
         one_of("model", self.model, MODELS)
         one_of("optimizer", self.optimizer, OPTIMIZERS)
         one_of("lr_schedule", self.lr_schedule, SCHEDULES)
-        for name in ("epochs", "batch_size", "eval_batch_size", "lr", "grad_accum", "prefetch", "stall_timeout_s"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "lr", "grad_accum"):
             positive(name, getattr(self, name))
-        positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
-        positive("max_restarts", self.max_restarts, allow_zero=True)
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ConfigError(f"max_bad_fraction must be within 0..1; got {self.max_bad_fraction}")
+        positive("weight_decay", self.weight_decay, allow_zero=True)
+        for h in self.handlers:
+            if h.count(":") != 1 or not all(h.split(":")):
+                raise ConfigError(f"handler must be module:function; got {h!r}")
 
-    def topic(self, split: str) -> str:
-        given = self.train_topic if split == "train" else self.test_topic
-        return given or default_topic(self.dataset, split, self.format, self.layout)
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str | None = None          # default <run dir>/checkpoints; shared storage on a cluster
+    every: int = 0                  # steps; 0 = only at epoch ends
+    resume: bool = False
+    max_restarts: int = 0
+    keep: int = 3                   # newest checkpoints kept
+
+    def __post_init__(self):
+        positive("checkpoint every", self.every, allow_zero=True)
+        positive("max_restarts", self.max_restarts, allow_zero=True)
+        positive("checkpoint keep", self.keep)
 
 
 @dataclass(frozen=True)
@@ -218,3 +186,155 @@ class SparkConfig:
         for kv in self.conf:
             if "=" not in kv:
                 raise ConfigError(f"--spark-conf takes KEY=VALUE, got {kv!r}")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    split: str = "train"
+    format: str = DEFAULT_FORMAT
+    layout: str = "bytes"
+    topic: str | None = None
+    partitions: int = 4
+    compression: str = "none"
+    limit: int | None = None
+    force: bool = False
+    manifest_topic: str = MANIFEST_TOPIC
+
+    def __post_init__(self):
+        one_of("dataset", self.dataset, DATASETS)
+        one_of("split", self.split, ("train", "test"))
+        one_of("format", self.format, FORMATS)
+        one_of("layout", self.layout, LAYOUTS)
+        one_of("compression", self.compression, COMPRESSIONS)
+        positive("partitions", self.partitions)
+        if self.limit is not None:
+            positive("limit", self.limit)
+
+    @property
+    def topic_name(self) -> str:
+        return self.topic or topic_name(self.dataset, self.split, self.format, self.layout)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The seeded synthetic dataset (``--dataset synthetic``)."""
+
+    shape: tuple[int, ...] = (28, 28)
+    num_classes: int = 10
+    num_samples: int = 1000
+    seed: int = 0
+    dtype: str = "uint8"
+
+    def __post_init__(self):
+        if not 2 <= len(self.shape) <= 3 or any(d < 1 for d in self.shape):
+            raise ConfigError(f"shape must be H,W or H,W,C with every dimension > 0; got {list(self.shape)}")
+        positive("num_classes", self.num_classes)
+        positive("num_samples", self.num_samples)
+        one_of("dtype", self.dtype, ("uint8", "float32"))
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything ``ddp-kbit`` runs with, one part per section (torchtitan-style)."""
+
+    general: GeneralConfig = GeneralConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    spark: SparkConfig = SparkConfig()
+
+
+def sections_of(cls) -> dict[str, type]:
+    """Section name -> part class of a grouping dataclass such as JobConfig."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def load_config_file(path: str | Path | None, sections: typing.Iterable[str]) -> dict[str, dict]:
+    """A TOML or JSON file of ``sections``; any other section is an error."""
+    if not path:
+        return {}
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    kind = "JSON" if path.suffix == ".json" else "TOML"
+    try:
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text.decode())
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"config file {path} must hold sections of key = value tables")
+    allowed = list(sections)
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; "
+                          f"allowed: {', '.join(f'[{a}]' for a in allowed)}")
+    return data
+
+
+def build(cls, section: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
+          where: str | None = None):
+    """A part from its file section and CLI overrides (None = not given)."""
+    where = where or cls.__name__
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    section = {k.replace("-", "_"): v for k, v in (section or {}).items()}
+    unknown = sorted(set(section) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {where} key(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+    values = {k: coerce(f"{where}.{k}", v, hints[k]) for k, v in section.items()}
+    values.update({k: coerce(f"{where}.{k}", v, hints[k]) for k, v in (overrides or {}).items()
+                   if k in names and v is not None})
+    return cls(**values)
+
+
+def build_group(cls, file_cfg: Mapping[str, Mapping], overrides: Mapping[str, Mapping[str, Any]]):
+    """A grouping dataclass (JobConfig) from file sections and per-section overrides."""
+    return cls(**{name: build(part, file_cfg.get(name), overrides.get(name), where=name)
+                  for name, part in sections_of(cls).items()})
+
+
+def coerce(name: str, value, hint):
+    """``value`` as the field's type, or a ConfigError that names the field."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, str) and item is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list; got {value!r}")
+        return tuple(coerce(name, v, item) for v in value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+    raise ConfigError(f"{name} must be {kind}; got {value!r}")
+
+
+def as_dict(cfg) -> dict[str, Any]:
+    """For reports: secrets are masked."""
+    out = dataclasses.asdict(cfg)
+    _mask(out)
+    return out
+
+
+def _mask(obj) -> None:
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            _mask(value)
+        elif "password" in key and value:
+            obj[key] = "***"

@@ -8,62 +8,74 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file (spark-submit ddp_kbit/main.py): make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):
+    # Run as a file (spark-submit ddp_kbit/main.py): Python put this folder first on
+    # sys.path, where ddp_kbit/kafka would shadow the kafka-python package. Put the
+    # folder that holds the package there instead.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from ddp_kbit import cli  # noqa: E402
-from ddp_kbit.codecs import FORMATS, LAYOUTS  # noqa: E402
-from ddp_kbit.config import (OPTIMIZERS, SCHEDULES, SparkConfig, TrainConfig, as_dict, build,  # noqa: E402
-                             load_config_file)
-from ddp_kbit.models import MODELS  # noqa: E402
+from ddp_kbit.config import (MODELS, OPTIMIZERS, SCHEDULES, CheckpointConfig, DataConfig, JobConfig,  # noqa: E402
+                             SparkConfig, TrainConfig, as_dict)
+from ddp_kbit.files import make_run_dir, write_json  # noqa: E402
+from ddp_kbit.wire.sample import FORMATS, LAYOUTS  # noqa: E402
 
-log = logging.getLogger("ddp_kbit")
 MODES = ("train", "publish")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="dataset published when the default topics are missing (default fashion-mnist)")
-    g.add_argument("--format", choices=FORMATS, help="wire format of the topics (default avro)")
-    g.add_argument("--layout", choices=LAYOUTS, help="pixels as bytes (default) or a list of ints")
-    g.add_argument("--train-topic", help="train topic (default {dataset}.train.{format})")
-    g.add_argument("--test-topic", help="test topic (default {dataset}.test.{format})")
-    g.add_argument("--max-bad-fraction", type=float, metavar="F",
-                   help="stop when more than this fraction of records is malformed (default 0.01); bad records "
-                        "go to <topic>.dlq either way")
-    g.add_argument("--prefetch", type=int, metavar="N", help="batches decoded ahead of the step (default 4)")
+    opt = lambda name, *flags, **kw: cli.option(g, "data", DataConfig, name, *flags, **kw)  # noqa: E731
+    opt("dataset", help="dataset published when the default topics are missing")
+    opt("data_dir", metavar="PATH", help="where that dataset's files are (fashion-mnist: its Debian package's folder)")
+    opt("format", choices=FORMATS, help="wire format of topics without a manifest, and of the default topics "
+        "(avro when not given); a manifest's format wins and a contradicting flag is an error")
+    opt("layout", choices=LAYOUTS, help="pixels as bytes or a list of ints, for the default topics")
+    opt("train_topic", help="train topic (default {dataset}.train.{format})")
+    opt("test_topic", help="test topic (default {dataset}.test.{format})")
+    opt("max_bad_fraction", type=float, metavar="F",
+        help="stop when more than this fraction of records is malformed; bad records go to <topic>.dlq either way")
+    opt("prefetch", type=int, metavar="N", help="batches decoded ahead of the step")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--model", choices=MODELS, help="network, sized from the manifest (default cnn)")
-    g.add_argument("--epochs", type=int, help="default 5")
-    g.add_argument("--batch-size", type=int, help="records per step per process (default 128)")
-    g.add_argument("--eval-batch-size", type=int, help="default 1000")
-    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
-    g.add_argument("--lr-schedule", choices=SCHEDULES, help="default cosine")
-    g.add_argument("--weight-decay", type=float, help="default 0")
-    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
-    g.add_argument("--grad-accum", type=int, metavar="N", help="batches per optimizer step (default 1)")
-    g.add_argument("--seed", type=int, help="model init and batch-order seed (default 0)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    opt = lambda name, *flags, **kw: cli.option(g, "train", TrainConfig, name, *flags, **kw)  # noqa: E731
+    opt("model", choices=MODELS, help="network, sized from the manifest")
+    opt("epochs", type=int, help="passes over the train topic")
+    opt("batch_size", type=int, help="records per step per process")
+    opt("eval_batch_size", type=int, help="records per evaluation step per process")
+    opt("lr", type=float, help="learning rate")
+    opt("optimizer", choices=OPTIMIZERS, help="optimizer")
+    opt("momentum", type=float, help="SGD momentum")
+    opt("lr_schedule", choices=SCHEDULES, help="learning-rate schedule over all steps")
+    opt("weight_decay", type=float, help="L2 weight decay")
+    opt("amp", action="store_true", help="mixed precision (CUDA only)")
+    opt("grad_accum", type=int, metavar="N", help="batches per optimizer step")
+    opt("seed", type=int, help="model init and batch-order seed")
+    opt("handlers", "--handler", action="append", metavar="MODULE:FUNCTION",
+        help="extra ignite handler, called as FUNCTION(trainer, context) on every rank each epoch; repeatable")
     g = p.add_argument_group("checkpoints and failures")
-    g.add_argument("--checkpoint-dir", metavar="DIR", help="default <run dir>/checkpoints; shared storage on a cluster")
-    g.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps (default: epochs only)")
-    g.add_argument("--resume", action="store_true", default=None, help="resume from the newest checkpoint in --checkpoint-dir")
-    g.add_argument("--max-restarts", type=int, metavar="N", help="re-run from the newest checkpoint after a failure (default 0)")
-    g.add_argument("--inject-failure-at-step", type=int, metavar="N",
-                   help="testing: crash rank 0 once at global step N, to exercise restarts")
+    opt = lambda name, *flags, **kw: cli.option(g, "checkpoint", CheckpointConfig, name, *flags, **kw)  # noqa: E731
+    opt("dir", "--checkpoint-dir", metavar="DIR",
+        help="default <run dir>/checkpoints; shared storage on a cluster")
+    opt("every", "--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps (0: epoch ends only)")
+    opt("resume", action="store_true", help="resume from the newest checkpoint in --checkpoint-dir")
+    opt("max_restarts", type=int, metavar="N", help="re-run from the newest checkpoint after a failure")
+
+
+def add_spark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("spark")
-    g.add_argument("--num-processes", type=int, metavar="N", help="DDP processes (default 2)")
-    g.add_argument("--distributed", action="store_true", default=None,
-                   help="run the processes as Spark barrier tasks on executors (default: local_mode on the driver)")
-    g.add_argument("--gpu", action="store_true", default=None,
-                   help="one GPU per process (NCCL), pinned memory; loads spark_conf/rapids.conf")
-    g.add_argument("--master", help="Spark master URL (default from spark_conf/spark-defaults.conf: local[N])")
-    g.add_argument("--spark-conf", action="append", metavar="KEY=VALUE", help="Spark setting override; repeatable")
+    opt = lambda name, *flags, **kw: cli.option(g, "spark", SparkConfig, name, *flags, **kw)  # noqa: E731
+    opt("num_processes", type=int, metavar="N", help="DDP processes")
+    opt("distributed", action="store_true",
+        help="run the processes as Spark barrier tasks on executors (default: local_mode on the driver)")
+    opt("gpu", action="store_true", help="one GPU per process (NCCL), pinned memory; loads spark_conf/rapids.conf")
+    opt("master", help="Spark master URL (default from spark_conf/spark-defaults.conf: local[N])")
+    opt("conf", "--spark-conf", action="append", metavar="KEY=VALUE", help="Spark setting override; repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,25 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="train",
                    help="train (default): stream, train, evaluate, report; publish: only publish the dataset's "
                         "train/test topics when their manifests are missing")
-    p.add_argument("--report", metavar="PATH", help="JSON report path (default <run dir>/report.json)")
+    add_data_args(p)
     add_train_args(p)
+    add_spark_args(p)
     cli.add_kafka_args(p)
-    cli.add_common_args(p)
+    cli.add_general_args(p)
     return p
-
-
-def configs(args, file_cfg):
-    over = vars(args).copy()
-    over["conf"] = tuple(args.spark_conf) if args.spark_conf else None
-    return (cli.kafka_config(args, file_cfg), build(TrainConfig, file_cfg.get("train"), over),
-            build(SparkConfig, file_cfg.get("spark"), over))
-
-
-def run_publish(kcfg, tcfg: TrainConfig) -> dict:
-    from ddp_kbit.driver import ensure_default_topics
-
-    manifests = ensure_default_topics(kcfg, tcfg)
-    return {"mode": "publish", "topics": {s: m.topic for s, m in manifests.items()}}
 
 
 def summarize(report: dict) -> str:
@@ -103,28 +102,26 @@ def summarize(report: dict) -> str:
             f"model {final['model']}")
 
 
+def run(args: argparse.Namespace, job: JobConfig, run_dir: Path) -> dict:
+    from ddp_kbit.launch import driver, spark
+
+    with cli.kafka_session(job.kafka, run_dir) as kcfg:
+        if args.mode == "publish":
+            return driver.run_publish(job, kcfg)
+        try:
+            return driver.run_training(job, kcfg, run_dir)
+        finally:
+            spark.stop_session()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    file_cfg = load_config_file(args.config)
-    level = args.log_level or file_cfg.get("general", {}).get("log_level") or "INFO"
-    cli.setup_logging(level)
-    kcfg, tcfg, scfg = configs(args, file_cfg)
-    run_dir = cli.make_run_dir(args.run_dir)
-    try:
-        with cli.kafka_session(kcfg, run_dir) as live:
-            if args.mode == "publish":
-                report = run_publish(live, tcfg)
-            else:
-                from ddp_kbit.driver import run_training
-
-                report = run_training(live, tcfg, scfg, run_dir, level)
-    finally:
-        if args.mode == "train":
-            from ddp_kbit.spark import stop_session
-
-            stop_session()
-    report["config"] = report.get("config") or {"kafka": as_dict(kcfg), "train": as_dict(tcfg)}
-    path = cli.write_json(args.report or run_dir / "report.json", report)
+    job, _ = cli.config_group(JobConfig, args)
+    cli.setup_logging(job.general.log_level)
+    run_dir = make_run_dir(job.general.run_dir)
+    report = run(args, job, run_dir)
+    report.setdefault("config", {"kafka": as_dict(job.kafka), "data": as_dict(job.data)})
+    path = write_json(job.general.report or run_dir / "report.json", report)
     if report["mode"] == "train" and report["epochs"]:
         from ddp_kbit.plots import plot_training
 

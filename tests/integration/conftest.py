@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from ddp_kbit.broker import EmbeddedBroker
+from ddp_kbit.kafka.broker import EmbeddedBroker
 from ddp_kbit.config import KafkaConfig
 
 _names = itertools.count()

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from ddp_kbit.broker import EmbeddedBroker
+from ddp_kbit.kafka.broker import EmbeddedBroker
 
 
 def alive(pid: int) -> bool:
@@ -39,7 +39,7 @@ def test_exception_inside_context_stops_broker(tmp_path):
 
 
 def _child(tmp_path):
-    code = ("import sys, time; from ddp_kbit.broker import EmbeddedBroker; "
+    code = ("import sys, time; from ddp_kbit.kafka.broker import EmbeddedBroker; "
             f"b = EmbeddedBroker({str(tmp_path)!r}).start(); print(b.proc.pid, flush=True); time.sleep(60)")
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
 
@@ -57,7 +57,7 @@ def test_parent_killed_hard_takes_broker_with_it(tmp_path):
 
 
 def test_ctrl_c_stops_broker(tmp_path):
-    code = ("import time; from ddp_kbit.broker import EmbeddedBroker\n"
+    code = ("import time; from ddp_kbit.kafka.broker import EmbeddedBroker\n"
             f"with EmbeddedBroker({str(tmp_path)!r}) as b:\n    print(b.proc.pid, flush=True); time.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())

@@ -14,10 +14,13 @@ import fastavro
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from ddp_kbit import cli, kafka_io, manifest
+from ddp_kbit import kafka
 from ddp_kbit.config import KafkaConfig, PublishConfig
-from ddp_kbit.datasets import load_dataset
-from producers.publish import produce_all, publish
+from ddp_kbit.data import manifest
+from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.publish import produce_all, publish
+from ddp_kbit.errors import ClientError, UserError
+from ddp_kbit.wire import get_codec
 from schemas import load_avro_schema, sample_pb2
 
 N = 240
@@ -75,7 +78,7 @@ CASES += [(f, "bytes", "kafka-python") for f in ("json", "avro", "protobuf", "bs
 def test_publish_and_read_back_with_plain_consumer(kcfg, fmnist, topic_name, fmt, layout, client):
     cfg = KafkaConfig(bootstrap_servers=kcfg.bootstrap_servers, client=client)
     result = publish(cfg, PublishConfig(format=fmt, layout=layout, topic=topic_name, partitions=PARTS,
-                                        progress=False, split="test"), fmnist)
+                                        split="test"), fmnist, progress=False)
     msgs = plain_read(kcfg.bootstrap_servers, topic_name, PARTS)
     assert len(msgs) == N == result.records
     offsets = {}
@@ -103,83 +106,75 @@ def test_publish_and_read_back_with_plain_consumer(kcfg, fmnist, topic_name, fmt
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_compressed_topics_round_trip(kcfg, fmnist, topic_name, compression, client):
     cfg = KafkaConfig(bootstrap_servers=kcfg.bootstrap_servers, client=client)
-    publish(cfg, PublishConfig(format="protobuf", topic=topic_name, partitions=2, compression=compression,
-                               progress=False), fmnist)
-    consumer = kafka_io.make_consumer(cfg)
-    try:
-        recs = kafka_io.read_all(consumer, [(topic_name, 0), (topic_name, 1)])
-    finally:
-        consumer.close()
+    publish(cfg, PublishConfig(format="protobuf", topic=topic_name, partitions=2, compression=compression),
+            fmnist, progress=False)
+    recs = kafka.read_topic(cfg, topic_name)
     got = {sample_pb2.Sample.FromString(r.value).index: sample_pb2.Sample.FromString(r.value).data for r in recs}
     assert len(got) == N and all(got[i] == fmnist.images[i].tobytes() for i in range(N))
     assert manifest.read_all(cfg)[topic_name].compression == compression
 
 
 def test_republish_refused_then_force_appends(kcfg, fmnist, topic_name):
-    pcfg = PublishConfig(format="json", topic=topic_name, partitions=2, progress=False, limit=10)
+    pcfg = PublishConfig(format="json", topic=topic_name, partitions=2, limit=10)
     small = load_dataset("fashion-mnist", "test", limit=10)
-    first = publish(kcfg, pcfg, small)
-    with pytest.raises(cli.UserError, match="already holds 10 records; pass --force"):
-        publish(kcfg, pcfg, small)
-    second = publish(kcfg, PublishConfig(**{**pcfg.__dict__, "force": True}), small)
+    first = publish(kcfg, pcfg, small, progress=False)
+    with pytest.raises(UserError, match="already holds 10 records; pass --force"):
+        publish(kcfg, pcfg, small, progress=False)
+    second = publish(kcfg, PublishConfig(**{**pcfg.__dict__, "force": True}), small, progress=False)
     assert first.manifest.partitions == {0: (0, 5), 1: (0, 5)}
     assert second.manifest.partitions == {0: (5, 10), 1: (5, 10)}
     assert manifest.read_all(kcfg)[topic_name].partitions == second.manifest.partitions
 
 
 def test_partition_count_mismatch_is_refused(kcfg, topic_name):
-    admin = kafka_io.make_admin(kcfg)
-    admin.create_topic(topic_name, 2)
-    with pytest.raises(cli.UserError, match="exists with 2 partitions, not 4"):
-        publish(kcfg, PublishConfig(topic=topic_name, partitions=4, progress=False),
-                load_dataset("fashion-mnist", "test", limit=4))
+    with kafka.make_admin(kcfg) as admin:
+        admin.create_topic(topic_name, 2)
+    with pytest.raises(UserError, match="exists with 2 partitions, not 4"):
+        publish(kcfg, PublishConfig(topic=topic_name, partitions=4), load_dataset("fashion-mnist", "test", limit=4),
+                progress=False)
 
 
 def test_delivery_failure_writes_no_manifest(tmp_path, fmnist):
-    from ddp_kbit.broker import EmbeddedBroker
-    from ddp_kbit.codecs import get_codec
+    from ddp_kbit.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(tmp_path) as b:
         cfg = KafkaConfig(bootstrap_servers=b.bootstrap_servers, request_timeout_s=2)
-        kafka_io.make_admin(cfg).create_topic("doomed", 2)
-        producer = kafka_io.make_producer(cfg, extra={"message.timeout.ms": 1500})
+        with kafka.make_admin(cfg) as admin:
+            admin.create_topic("doomed", 2)
+        producer = kafka.make_producer(cfg, extra={"message.timeout.ms": 1500})
         producer.send("doomed", b"warm-up", partition=0)
         assert producer.flush(10) == 0
         b.stop()  # the broker goes away mid-publish
-        with pytest.raises(cli.UserError, match=f"{N} of {N} records did not land in doomed"):
+        with pytest.raises(UserError, match=f"{N} of {N} records did not land in doomed"):
             produce_all(producer, get_codec("avro"), fmnist, "doomed", 2, progress=False)
 
 
 def test_end_offsets_are_high_watermarks_on_tansu(kcfg, topic_name):
-    producer = kafka_io.make_producer(kcfg)
-    for batch in range(3):  # several record batches, so ListOffsets(latest) lags on tansu
-        for i in range(7):
-            producer.send(topic_name, b"x", partition=0)
-        producer.flush(10)
-    consumer = kafka_io.make_consumer(kcfg)
-    try:
-        assert kafka_io.end_offsets(consumer, [(topic_name, 0)]) == {(topic_name, 0): (0, 21)}
-    finally:
-        consumer.close()
+    with kafka.make_producer(kcfg) as producer:
+        for batch in range(3):  # several record batches, so ListOffsets(latest) lags on tansu
+            for i in range(7):
+                producer.send(topic_name, b"x", partition=0)
+            producer.flush(10)
+    with kafka.make_consumer(kcfg) as consumer:
+        assert kafka.end_offsets(consumer, [(topic_name, 0)]) == {(topic_name, 0): (0, 21)}
 
 
 def test_manifest_fallback_from_broker(kcfg, fmnist, topic_name):
-    from ddp_kbit.codecs import get_codec, headers_for
-
-    admin = kafka_io.make_admin(kcfg)
-    admin.create_topic(topic_name, 2)
-    producer = kafka_io.make_producer(kcfg)
+    with kafka.make_admin(kcfg) as admin:
+        admin.create_topic(topic_name, 2)
     codec = get_codec("bson")
-    for i in range(25):
-        producer.send(topic_name, codec.encode_array(i, 1, fmnist.images[i]), partition=i % 2, headers=headers_for("bson"))
-    assert producer.flush(10) == 0
+    with kafka.make_producer(kcfg) as producer:
+        for i in range(25):
+            producer.send(topic_name, codec.encode_array(i, 1, fmnist.images[i]), partition=i % 2,
+                          headers=codec.headers)
+        assert producer.flush(10) == 0
     m = manifest.resolve(kcfg, topic_name)
     assert (m.source, m.format, m.shape, m.dtype, m.num_samples) == ("broker", "bson", (28, 28), "uint8", 25)
     assert m.partitions == {0: (0, 13), 1: (0, 12)}
 
 
 def test_resolve_missing_topic_is_one_clear_error(kcfg):
-    with pytest.raises(kafka_io.ClientError, match="topic nope.nope does not exist"):
+    with pytest.raises(ClientError, match="topic nope.nope does not exist"):
         manifest.resolve(kcfg, "nope.nope")
 
 

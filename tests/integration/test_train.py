@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_kbit import kafka_io, manifest
-from ddp_kbit.codecs import get_codec, headers_for
+import chaos
+from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
-from ddp_kbit.datasets import load_dataset
-from producers.publish import publish
+from ddp_kbit.data import manifest
+from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.publish import publish
+from ddp_kbit.wire import get_codec
 
 pytestmark = pytest.mark.slow
 TRAIN_N, TEST_N = 2400, 600
@@ -28,7 +30,7 @@ def topics(kcfg):
     for split, n in (("train", TRAIN_N), ("test", TEST_N)):
         ds = load_dataset("fashion-mnist", split, limit=n)
         r = publish(kcfg, PublishConfig(format="protobuf", split=split, topic=f"fm.{split}.pb.{time.time_ns()}",
-                                        partitions=4, progress=False), ds)
+                                        partitions=4), ds, progress=False)
         out[split] = r.manifest
     return out
 
@@ -36,15 +38,17 @@ def topics(kcfg):
 def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt: str = "protobuf"):
     """Partition p gets counts[p] Fashion-MNIST samples (some replaced by garbage), plus a manifest."""
     ds = load_dataset("fashion-mnist", "train", limit=sum(counts))
-    kafka_io.make_admin(kcfg).create_topic(topic, len(counts))
-    producer, codec, i = kafka_io.make_producer(kcfg), get_codec(fmt), 0
-    for p, n in enumerate(counts):
-        for _ in range(n):
-            value = b"\x07not a sample" if i in bad else codec.encode_array(i, int(ds.labels[i]), ds.images[i])
-            producer.send(topic, value, key=str(i).encode(), partition=p, headers=headers_for(fmt))
-            i += 1
-    assert producer.flush(30) == 0
-    ranges = {p: tuple(r) for (t, p), r in producer.report.ranges.items()}
+    with kafka.make_admin(kcfg) as admin:
+        admin.create_topic(topic, len(counts))
+    codec, i = get_codec(fmt), 0
+    with kafka.make_producer(kcfg) as producer:
+        for p, n in enumerate(counts):
+            for _ in range(n):
+                value = b"\x07not a sample" if i in bad else codec.encode_array(i, int(ds.labels[i]), ds.images[i])
+                producer.send(topic, value, key=str(i).encode(), partition=p, headers=codec.headers)
+                i += 1
+        assert producer.flush(30) == 0
+        ranges = {p: tuple(r) for (t, p), r in producer.report.ranges.items()}
     m = manifest.Manifest(topic=topic, dataset="fashion-mnist", split="train", format=fmt, layout="bytes",
                           num_samples=sum(counts), shape=(28, 28), dtype="uint8", num_classes=10,
                           class_names=None, partitions=ranges)
@@ -52,11 +56,14 @@ def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt
     return m
 
 
-def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600):
+def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None):
     cmd = [sys.executable, "-m", "ddp_kbit.main", "--mode", "train", "--bootstrap-servers", kcfg.bootstrap_servers,
            "--format", "protobuf", "--batch-size", "64", "--eval-batch-size", "200", "--no-progress",
            "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if crash_at is not None:
+        cmd += ["--handler", "chaos:crash_at_step"]
+    env = chaos.env(crash_at) if crash_at is not None else None
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == expect_rc, r.stdout[-3000:] + r.stderr[-5000:]
     if expect_rc:
         return r
@@ -93,7 +100,7 @@ def test_local_mode_trains_and_report_matches(kcfg, topics, tmp_path):
     assert final["test_accuracy"] == e["val_accuracy"] >= 0.6   # 2400 samples, 2 epochs: well above chance
     assert report["bad_records"] == {"count": 0, "seen": TRAIN_N * 2, "by_reason": {},
                                      "dlq_topic": topics["train"].topic + ".dlq"}
-    state = torch.load(final["checkpoint"], weights_only=True)
+    state = torch.load(final["checkpoint"], weights_only=True)["run"]
     assert state["epoch"] == 2 and state["consumed"] == [] and len(state["history"]) == 2
     assert torch.load(final["model"], weights_only=True)["0.weight"].shape == (32, 1, 3, 3)
     assert (tmp_path / "report.png").stat().st_size > 1000
@@ -127,11 +134,11 @@ def test_interrupted_run_resumes_with_exact_epochs(kcfg, topics, tmp_path):
     common = ["--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic, "--epochs", "2",
               "--num-processes", "2", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "7"]
     # 2400 records / 2 ranks / 64 = 19 steps an epoch; crash in epoch 2 at step 31, after the step-28 checkpoint
-    r = train(kcfg, tmp_path / "a", *common, "--inject-failure-at-step", "31", expect_rc=1)
+    r = train(kcfg, tmp_path / "a", *common, crash_at=31, expect_rc=1)
     assert "injected failure at step 31" in r.stderr and "Traceback" not in r.stderr.splitlines()[-1]
-    saved = torch.load(sorted(ckpt.glob("ckpt-*.pt"))[-1], weights_only=True)
+    saved = torch.load(sorted(ckpt.glob("ckpt-*.pt"))[-1], weights_only=True)["run"]
     assert (saved["epoch"], saved["global_step"]) == (1, 28)   # mid epoch 2 (0-based 1), 9 steps in
-    assert sum(c[4] - c[3] for c in saved["consumed"]) == 9 * 64 * 2
+    assert sum(c["end"] - c["start"] for c in saved["consumed"]) == 9 * 64 * 2
     report = train(kcfg, tmp_path / "b", *common, "--resume")
     assert [e["epoch"] for e in report["epochs"]] == [1, 2]
     assert_exact_epochs(report, topics["train"])
@@ -142,7 +149,7 @@ def test_resume_on_a_different_number_of_processes(kcfg, topics, tmp_path):
     ckpt = tmp_path / "ckpt"
     common = ["--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic, "--epochs", "1",
               "--checkpoint-dir", str(ckpt), "--checkpoint-every", "5"]
-    train(kcfg, tmp_path / "a", *common, "--num-processes", "2", "--inject-failure-at-step", "12", expect_rc=1)
+    train(kcfg, tmp_path / "a", *common, "--num-processes", "2", crash_at=12, expect_rc=1)
     report = train(kcfg, tmp_path / "b", *common, "--num-processes", "3", "--resume")
     assert report["world_size"] == 3
     assert_exact_epochs(report, topics["train"])
@@ -159,8 +166,8 @@ def test_kafka_python_client_trains(kcfg, topics, tmp_path):
 
 def test_failure_restarts_from_checkpoint(kcfg, topics, tmp_path):
     report = train(kcfg, tmp_path, "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic,
-                   "--epochs", "1", "--num-processes", "2", "--checkpoint-every", "4",
-                   "--inject-failure-at-step", "10", "--max-restarts", "1")
+                   "--epochs", "1", "--num-processes", "2", "--checkpoint-every", "4", "--max-restarts", "1",
+                   crash_at=10)
     assert report["restarts"] == 1
     assert_exact_epochs(report, topics["train"])
 
@@ -172,9 +179,7 @@ def test_malformed_records_go_to_dlq_and_training_continues(kcfg, topics, tmp_pa
                    "--num-processes", "2", "--max-bad-fraction", "0.05")
     assert report["bad_records"]["count"] == 3 and report["bad_records"]["by_reason"] == {"malformed": 3}
     assert_exact_epochs(report, m, bad=3)
-    consumer = kafka_io.make_consumer(kcfg)
-    recs = kafka_io.read_all(consumer, [(m.topic + ".dlq", 0)], headers=True)
-    consumer.close()
+    recs = kafka.read_topic(kcfg, m.topic + ".dlq", headers=True)
     origin = sorted((dict(r.headers)["ddp_kbit.source.partition"], int(dict(r.headers)["ddp_kbit.source.offset"]))
                     for r in recs)
     assert origin == [(b"0", 3), (b"0", 500), (b"1", 999)]

@@ -4,7 +4,9 @@ import pickle
 import numpy as np
 import pytest
 
-from ddp_kbit.datasets import (GTSRB_CLASSES, DatasetError, SyntheticSpec, load_dataset, read_idx, synthetic)
+from ddp_kbit.config import SyntheticConfig
+from ddp_kbit.data.datasets import GTSRB_CLASSES, load_dataset, read_idx, synthetic
+from ddp_kbit.errors import DatasetError
 
 
 def write_idx(path, array: np.ndarray, gz=False):
@@ -46,7 +48,7 @@ def test_fashion_mnist_from_debian_package():
 
 
 def test_missing_fashion_mnist_names_package_and_flag(monkeypatch):
-    monkeypatch.setattr("ddp_kbit.datasets.FASHION_MNIST_DIR", "/nonexistent/fashion")
+    monkeypatch.setattr("ddp_kbit.data.datasets.FASHION_MNIST_DIR", "/nonexistent/fashion")
     with pytest.raises(DatasetError) as e:
         load_dataset("fashion-mnist")
     assert "dataset-fashion-mnist" in str(e.value) and "--data-dir" in str(e.value)
@@ -87,7 +89,7 @@ def test_npz_missing_arrays(tmp_path):
 
 
 def test_synthetic_is_seeded_and_shaped():
-    spec = SyntheticSpec(shape=(32, 32, 3), num_classes=43, num_samples=50, seed=3)
+    spec = SyntheticConfig(shape=(32, 32, 3), num_classes=43, num_samples=50, seed=3)
     a, b = synthetic(spec), synthetic(spec)
     np.testing.assert_array_equal(a.images, b.images)
     assert a.images.shape == (50, 32, 32, 3) and a.num_classes == 43

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ddp_kbit.cli import config_group
+from ddp_kbit.config import JobConfig
 from ddp_kbit.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +36,9 @@ def test_compose_services_and_dependencies():
 def test_trainer_command_is_accepted_by_our_cli():
     c = compose()
     args = build_parser().parse_args(c["services"]["trainer"]["command"])
-    assert args.mode == "train" and args.distributed and args.bootstrap_servers == "kafka:9092"
-    assert args.master == "spark://spark-master:7077"
+    job, _ = config_group(JobConfig, args)
+    assert args.mode == "train" and job.spark.distributed and job.kafka.bootstrap_servers == "kafka:9092"
+    assert job.spark.master == "spark://spark-master:7077"
 
 
 def test_workers_join_the_master_the_trainer_uses():

@@ -8,7 +8,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from ddp_kbit.codecs import get_codec
+from ddp_kbit.wire import get_codec
 from schemas import PROTO_FILE, SCHEMA_DIR, load_avro_schema, load_json_schema, sample_pb2
 
 

@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from ddp_kbit.codecs import get_codec
-from ddp_kbit.config import KafkaConfig
-from ddp_kbit.partitions import Slice, plan_epoch, ranges_to_slices
-from ddp_kbit.stream import KafkaStreamDataset, StreamConfig, StreamError, to_device
+from ddp_kbit.config import DataConfig, KafkaConfig
+from ddp_kbit.data.manifest import Manifest
+from ddp_kbit.data.partitions import ConsumedRange, Slice, plan_epoch, ranges_to_slices
+from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch, to_device
+from ddp_kbit.errors import ClientError, StreamError
+from ddp_kbit.wire import get_codec
 
 SHAPE = (4, 4)
 
@@ -14,13 +16,15 @@ SHAPE = (4, 4)
 class CannedConsumer:
     """assign/poll over in-memory partitions, honouring pause/resume like Kafka."""
 
-    def __init__(self, logs: dict, chunk: int = 7):
-        self.logs, self.chunk, self.pos, self.paused, self.closed = logs, chunk, {}, set(), False
+    def __init__(self, logs: dict, chunk: int = 7, fail: Exception | None = None):
+        self.logs, self.chunk, self.pos, self.paused, self.closed, self.fail = logs, chunk, {}, set(), False, fail
 
     def assign(self, positions):
         self.pos = {(t, p): o for t, p, o in positions}
 
     def poll_values(self, max_records, timeout):
+        if self.fail is not None:
+            raise self.fail
         parts, offs, vals, topics = [], [], [], []
         for tp, o in self.pos.items():
             if tp in self.paused:
@@ -44,6 +48,12 @@ class CannedConsumer:
     def close(self):
         self.closed = True
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class CapturingProducer:
     def __init__(self):
@@ -59,7 +69,7 @@ class CapturingProducer:
         pass
 
 
-def make_logs(n_per_part, fmt="protobuf", bad=()):
+def make_logs(n_per_part, fmt="protobuf", bad=(), label=lambda p, o: (p + o) % 3):
     codec, logs, images = get_codec(fmt), {}, {}
     rng = np.random.default_rng(0)
     for p, n in enumerate(n_per_part):
@@ -67,16 +77,20 @@ def make_logs(n_per_part, fmt="protobuf", bad=()):
         for o in range(n):
             img = rng.integers(0, 256, SHAPE, dtype=np.uint8)
             images[(p, o)] = img
-            value = b"\x00garbage" if (p, o) in bad else codec.encode_array(p * 1000 + o, (p + o) % 3, img)
+            value = b"\x00garbage" if (p, o) in bad else codec.encode_array(p * 1000 + o, label(p, o), img)
             recs.append((o, value))
         logs[("t", p)] = recs
     return logs, images
 
 
-def dataset(logs, plan, fmt="protobuf", producer=None, **cfg):
-    scfg = StreamConfig(format=fmt, layout="bytes", shape=SHAPE, **cfg)
-    return KafkaStreamDataset(KafkaConfig(bootstrap_servers=None), scfg, plan,
-                              consumer_factory=lambda: CannedConsumer(logs),
+def topic(fmt="protobuf"):
+    return Manifest(topic="t", dataset=None, split=None, format=fmt, layout="bytes", num_samples=0, shape=SHAPE,
+                    dtype="uint8", num_classes=3, class_names=None, partitions={})
+
+
+def dataset(logs, plan, fmt="protobuf", producer=None, consumer=None, num_classes=None, **cfg):
+    return KafkaStreamDataset(KafkaConfig(bootstrap_servers=None), DataConfig(**cfg), topic(fmt), plan,
+                              num_classes=num_classes, consumer_factory=lambda: consumer or CannedConsumer(logs),
                               producer_factory=lambda: producer or CapturingProducer())
 
 
@@ -92,25 +106,16 @@ def test_yields_exactly_the_planned_batches_in_order():
         assert torch.equal(got.images, torch.from_numpy(expect)) and got.images.dtype == torch.uint8
 
 
-def test_state_holds_only_marked_batches_and_resume_skips_them():
+def test_consumed_holds_only_marked_batches():
     logs, _ = make_logs([40])
     plan = plan_epoch([Slice("t", 0, 0, 40)], 1, 10)[0]
     ds = dataset(logs, plan)
     it = iter(ds)
-    b1, _prefetched = next(it), next(it)     # the second is prefetched but not stepped
+    b1, b2, _prefetched = next(it), next(it), next(it)     # the third is prefetched but not stepped
     ds.mark_used(b1)
+    ds.mark_used(b2)
     it.close()
-    state = ds.state_dict()
-    assert state["used"] == [["t", 0, 0, 10]]
-    again = dataset(logs, plan)
-    again.load_state_dict(state)
-    assert len(again) == 3 and [b.used for b in again] == list(plan.batches[1:])
-
-
-def test_partly_used_batch_is_refused():
-    plan = plan_epoch([Slice("t", 0, 0, 40)], 1, 10)[0]
-    with pytest.raises(StreamError, match="partly used"):
-        dataset({}, plan).load_state_dict({"used": [["t", 0, 0, 5]]})
+    assert ds.consumed == [ConsumedRange("t", 0, 0, 20, 20, 0)]
 
 
 def test_bad_records_are_counted_forwarded_and_skipped():
@@ -123,6 +128,17 @@ def test_bad_records_are_counted_forwarded_and_skipped():
     assert ds.bad.count == 2 and ds.bad.seen == 300 and sum(ds.bad.by_reason.values()) == 2
     assert [(t, h["ddp_kbit.source.offset"]) for t, _, h in producer.sent] == [("t.dlq", b"5"), ("t.dlq", b"77")]
     assert producer.sent[0][1] == b"\x00garbage" and producer.sent[0][2]["ddp_kbit.source.partition"] == b"0"
+
+
+def test_labels_outside_the_classes_are_bad_records():
+    logs, _ = make_logs([100], label=lambda p, o: 99 if o == 10 else (-5 if o == 20 else o % 3))
+    producer = CapturingProducer()
+    ds = dataset(logs, plan_epoch([Slice("t", 0, 0, 100)], 1, 25)[0], producer=producer, num_classes=3,
+                 max_bad_fraction=0.5)
+    batches = list(ds)
+    assert sum(len(b) for b in batches) == 98 and dict(ds.bad.by_reason) == {"bad_label": 2}
+    assert all(int(b.labels.max()) < 3 and int(b.labels.min()) >= 0 for b in batches)
+    assert [h["ddp_kbit.error.reason"] for _, _, h in producer.sent] == [b"bad_label", b"bad_label"]
 
 
 def test_too_many_bad_records_stop_with_a_clear_error():
@@ -139,9 +155,16 @@ def test_missing_records_raise_instead_of_hanging():
         list(ds)
 
 
-def test_to_device_scales_and_orders_channels():
-    from ddp_kbit.stream import StreamBatch
+def test_a_client_error_reaches_the_training_thread_at_once():
+    logs, _ = make_logs([10])
+    boom = CannedConsumer(logs, fail=ClientError("consume failed on t[0]: Broker: Not authorized"))
+    ds = dataset(logs, plan_epoch([Slice("t", 0, 0, 10)], 1, 10)[0], consumer=boom)
+    with pytest.raises(ClientError, match="Not authorized"):
+        list(ds)
+    assert boom.closed
 
+
+def test_to_device_scales_and_orders_channels():
     imgs = torch.full((2, 3, 5, 3), 255, dtype=torch.uint8)
     x, y = to_device(StreamBatch(imgs, torch.tensor([1, 2]), ()), torch.device("cpu"))
     assert x.shape == (2, 3, 3, 5) and x.dtype == torch.float32 and float(x.max()) == 1.0

@@ -5,8 +5,6 @@ import math
 
 from torch import nn
 
-MODELS = ("cnn", "mlp")
-
 
 def channels_and_hw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(C, H, W) for a sample shape: (H, W) is greyscale, (H, W, C) is HWC colour."""
@@ -35,9 +33,11 @@ def mlp(shape: tuple[int, ...], num_classes: int, hidden: int = 256) -> nn.Modul
                          nn.Dropout(0.2), nn.Linear(hidden, num_classes))
 
 
+BUILDERS = {"cnn": cnn, "mlp": mlp}  # names as in ddp_kbit.config.MODELS
+
+
 def build_model(name: str, shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    if name == "cnn":
-        return cnn(tuple(shape), num_classes)
-    if name == "mlp":
-        return mlp(tuple(shape), num_classes)
-    raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+    try:
+        return BUILDERS[name](tuple(shape), num_classes)
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(BUILDERS)}") from None

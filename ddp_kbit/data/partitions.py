@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from ddp_kbit.errors import PlanError
+
 
 @dataclass(frozen=True, order=True)
 class Slice:
@@ -26,10 +28,6 @@ class Slice:
     @property
     def tp(self) -> tuple[str, int]:
         return (self.topic, self.partition)
-
-
-class PlanError(ValueError):
-    pass
 
 
 def ranges_to_slices(topic: str, partitions: dict[int, tuple[int, int]]) -> list[Slice]:
@@ -147,18 +145,39 @@ def subtract(slices: Iterable[Slice], used: Iterable[Slice]) -> list[Slice]:
     return remaining
 
 
-def merge_counted(items: Iterable[tuple[Slice, int]]) -> list[tuple[Slice, int]]:
-    """(range, count) pairs with adjacent or overlapping ranges of one partition
-    joined and their counts summed."""
-    out: list[tuple[Slice, int]] = []
-    for s, n in sorted(items, key=lambda it: it[0]):
-        if out and out[-1][0].tp == s.tp and s.start <= out[-1][0].end:
-            last, m = out.pop()
-            s, n = Slice(s.topic, s.partition, last.start, max(last.end, s.end)), m + n
-        out.append((s, n))
+@dataclass(frozen=True, order=True)
+class ConsumedRange:
+    """Offsets ``[start, end)`` of one partition that went into optimizer steps on
+    ``rank``, of which ``count`` records were good (the rest were bad records)."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+    count: int
+    rank: int = 0
+
+    @property
+    def slice(self) -> Slice:
+        return Slice(self.topic, self.partition, self.start, self.end)
+
+    def to_dict(self) -> dict:
+        """The report's and the checkpoint's form."""
+        return {"rank": self.rank, "topic": self.topic, "partition": self.partition, "start": self.start,
+                "end": self.end, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConsumedRange":
+        return cls(d["topic"], int(d["partition"]), int(d["start"]), int(d["end"]), int(d["count"]), int(d["rank"]))
+
+
+def merge_consumed(ranges: Iterable[ConsumedRange]) -> list[ConsumedRange]:
+    """Adjacent or overlapping ranges of one rank and partition joined, counts summed."""
+    out: list[ConsumedRange] = []
+    for r in sorted(ranges, key=lambda r: (r.rank, r.topic, r.partition, r.start)):
+        last = out[-1] if out else None
+        if last and (last.rank, last.topic, last.partition) == (r.rank, r.topic, r.partition) and r.start <= last.end:
+            out[-1] = ConsumedRange(r.topic, r.partition, last.start, max(last.end, r.end), last.count + r.count, r.rank)
+        else:
+            out.append(r)
     return out
-
-
-def merge(slices: Iterable[Slice]) -> list[Slice]:
-    """Adjacent or overlapping intervals of the same partition joined."""
-    return [s for s, _ in merge_counted((s, 0) for s in slices)]

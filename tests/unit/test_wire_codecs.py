@@ -7,7 +7,8 @@ import bson
 import numpy as np
 import pytest
 
-from ddp_kbit.codecs import FORMATS, LAYOUTS, DecodeError, Sample, get_codec
+from ddp_kbit.errors import DecodeError
+from ddp_kbit.wire import FORMATS, LAYOUTS, Sample, get_codec
 
 RNG = np.random.default_rng(7)
 ARRAYS = {

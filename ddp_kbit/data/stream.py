@@ -4,9 +4,9 @@
 batch decode, and a bounded background prefetch so Kafka I/O and decoding overlap
 the training step. It yields ``StreamBatch``es of uint8 images (scaled to float on
 the device). Batches are fixed by offsets in the plan; ``mark_used`` records the
-offsets of batches that went into an optimizer step, and ``state_dict`` holds
-exactly those, so a checkpoint never claims records that were only prefetched.
-Bad records are counted by reason, forwarded to ``<topic>.dlq`` and skipped.
+offsets of batches that went into an optimizer step, so a checkpoint never claims
+records that were only prefetched. Bad records are counted by reason, forwarded
+to ``<topic>.dlq`` and skipped.
 """
 from __future__ import annotations
 
@@ -16,38 +16,22 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from ddp_kbit import kafka_io
-from ddp_kbit.codecs import DecodeError, get_codec
-from ddp_kbit.config import KafkaConfig
-from ddp_kbit.partitions import RankPlan, Slice, merge, merge_counted
+from ddp_kbit import kafka
+from ddp_kbit.config import DataConfig, KafkaConfig
+from ddp_kbit.data.dead_letters import BadRecords, DeadLetters
+from ddp_kbit.data.manifest import Manifest
+from ddp_kbit.data.partitions import ConsumedRange, RankPlan, Slice, merge_consumed
+from ddp_kbit.errors import StreamError
+from ddp_kbit.wire import get_codec
 
 log = logging.getLogger(__name__)
-
-
-class StreamError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    format: str
-    layout: str
-    shape: tuple[int, ...]
-    dtype: str = "uint8"
-    prefetch: int = 4               # batches decoded ahead of the training step
-    poll_records: int = 20_000      # records per poll
-    buffer_records: int = 50_000    # per-partition read-ahead before pausing it
-    stall_timeout_s: float = 60.0   # no record for this long -> a clear error, not a hang
-    decode_records: int = 4096      # records decoded per call (several batches)
-    max_bad_fraction: float = 0.01
-    pin_memory: bool = False
 
 
 @dataclass
@@ -60,16 +44,6 @@ class StreamBatch:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-@dataclass
-class BadRecords:
-    count: int = 0
-    seen: int = 0
-    by_reason: collections.Counter = field(default_factory=collections.Counter)
-
-    def as_dict(self) -> dict:
-        return {"count": self.count, "seen": self.seen, "by_reason": dict(self.by_reason)}
 
 
 class _PartitionBuffers:
@@ -129,54 +103,36 @@ class _PartitionBuffers:
 class KafkaStreamDataset(IterableDataset):
     """Iterating yields this rank's planned batches for one epoch, then stops."""
 
-    def __init__(self, kafka: KafkaConfig, cfg: StreamConfig, plan: RankPlan,
+    def __init__(self, kafka_cfg: KafkaConfig, data: DataConfig, topic: Manifest, plan: RankPlan,
+                 num_classes: int | None = None, pin_memory: bool = False,
                  consumer_factory: Callable | None = None, producer_factory: Callable | None = None):
         super().__init__()
-        self.kafka, self.cfg, self.plan = kafka, cfg, plan
-        self._consumer_factory = consumer_factory or (lambda: kafka_io.make_consumer(kafka, group_id="ddp_kbit.train"))
-        self._producer_factory = producer_factory or (lambda: kafka_io.make_producer(kafka))
-        self.used: list[Slice] = []
-        self.consumed: list[tuple[Slice, int]] = []  # (range, good records) used in optimizer steps
+        self.kafka, self.data, self.topic, self.plan = kafka_cfg, data, topic, plan
+        self.num_classes, self.pin_memory = num_classes, pin_memory
+        self._consumer_factory = consumer_factory or (lambda: kafka.make_consumer(kafka_cfg, group_id="ddp_kbit.train"))
+        self._dead_letters = DeadLetters(kafka_cfg, producer_factory)
+        self.consumed: list[ConsumedRange] = []  # ranges used in optimizer steps, with their good records
         self.bad = BadRecords()
         self.wait_seconds = 0.0
-        self._skip = 0
 
     def __len__(self) -> int:
-        return len(self.plan.batches) - self._skip
+        return len(self.plan.batches)
 
     def plan_batch_size(self) -> int:
         return sum(len(s) for s in self.plan.batches[0]) if self.plan.batches else 1
 
-    # ---------------------------------------------------------------- state
     def mark_used(self, batch: StreamBatch) -> None:
         """Call after the optimizer step that consumed ``batch``."""
-        self.used = merge([*self.used, *batch.used])
-        self.consumed = merge_counted([*self.consumed, *zip(batch.used, batch.good)])
-
-    def state_dict(self) -> dict:
-        return {"used": [[s.topic, s.partition, s.start, s.end] for s in self.used], "bad": self.bad.as_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume inside this plan: batches already used are skipped. A batch only
-        partly covered means the state belongs to another plan, and is refused."""
-        used = merge(Slice(t, p, s, e) for t, p, s, e in state.get("used", []))
-        skip = 0
-        for batch in self.plan.batches:
-            covered = [any(u.tp == b.tp and u.start <= b.start and b.end <= u.end for u in used) for b in batch]
-            if all(covered):
-                skip += 1
-            elif _overlaps(batch, used):
-                raise StreamError("stream state does not match this plan (a batch is partly used)")
-            else:
-                break
-        self.used, self._skip = used, skip
+        used = [ConsumedRange(s.topic, s.partition, s.start, s.end, n, self.plan.rank)
+                for s, n in zip(batch.used, batch.good)]
+        self.consumed = merge_consumed([*self.consumed, *used])
 
     # ---------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[StreamBatch]:
-        batches = self.plan.batches[self._skip:]
+        batches = self.plan.batches
         if not batches:
             return
-        q: queue.Queue = queue.Queue(maxsize=max(1, self.cfg.prefetch))
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.data.prefetch))
         stop = threading.Event()
         worker = threading.Thread(target=self._produce, args=(batches, q, stop), daemon=True, name="kafka-prefetch")
         worker.start()
@@ -197,35 +153,26 @@ class KafkaStreamDataset(IterableDataset):
                     worker.join(0.05)
 
     def _produce(self, batches, q: queue.Queue, stop: threading.Event) -> None:
-        consumer, dlq = None, _DeadLetters(self._producer_factory, self.kafka)
         try:
-            consumer = self._consumer_factory()
-            first = {}
-            for b in batches:
-                for piece in b:
-                    first.setdefault(piece.tp, piece.start)
-            consumer.assign([(t, p, o) for (t, p), o in first.items()])
-            bufs = _PartitionBuffers(consumer, self.cfg.buffer_records)
-            codec = get_codec(self.cfg.format, self.cfg.layout)
-            per_group = max(1, self.cfg.decode_records // max(1, self.plan_batch_size()))
-            for g in range(0, len(batches), per_group):
-                for item in self._read_group(batches[g:g + per_group], bufs, codec, dlq):
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
+            with self._consumer_factory() as consumer:
+                first = {}
+                for b in batches:
+                    for piece in b:
+                        first.setdefault(piece.tp, piece.start)
+                consumer.assign([(t, p, o) for (t, p), o in first.items()])
+                bufs = _PartitionBuffers(consumer, self.data.buffer_records)
+                codec = get_codec(self.topic.format, self.topic.layout)
+                per_group = max(1, self.data.decode_records // max(1, self.plan_batch_size()))
+                for g in range(0, len(batches), per_group):
+                    for item in self._read_group(batches[g:g + per_group], bufs, codec):
+                        if not _put(q, item, stop):
+                            return
         except BaseException as exc:  # handed to the training thread, raised there
             q.put(exc)
         finally:
-            dlq.close()
-            if consumer is not None:
-                consumer.close()
+            self._dead_letters.close()
 
-    def _read_group(self, group, bufs: _PartitionBuffers, codec, dlq) -> list[StreamBatch]:
+    def _read_group(self, group, bufs: _PartitionBuffers, codec) -> list[StreamBatch]:
         """Read several planned batches, decode them in one call (the vectorised
         decoder's fixed cost is per call), then split them again."""
         vals, offs, origin, bounds = [], [], [], [0]  # origin: (batch, piece) of each value
@@ -233,21 +180,19 @@ class KafkaStreamDataset(IterableDataset):
             for i, piece in enumerate(batch):
                 n0 = len(vals)
                 while not bufs.take(piece, vals, offs):
-                    if not bufs.fill(self.cfg.poll_records, 0.2):
+                    if not bufs.fill(self.data.poll_records, 0.2):
                         self._check_stall(bufs, piece, offs[n0:])
                 origin += [(b, i)] * (len(vals) - n0)
             bounds.append(len(vals))
-        decoded = codec.decode_batch(vals, self.cfg.shape, self.cfg.dtype)
+        decoded = codec.decode_batch(vals, self.topic.shape, self.topic.dtype, self.num_classes)
         good = [[0] * len(batch) for batch in group]
         for b, i in origin:
             good[b][i] += 1
         for pos, err in decoded.errors:
             b, i = origin[pos]
-            self.bad.by_reason[err.reason] += 1
             good[b][i] -= 1
-            dlq.send(group[b][i].tp, offs[pos], vals[pos], err)
-        self.bad.seen += len(vals)
-        self.bad.count += len(decoded.errors)
+            self._dead_letters.send(group[b][i].tp, offs[pos], vals[pos], err)
+        self.bad.add(len(vals), [err.reason for _, err in decoded.errors])
         self._check_bad_fraction()
         # good rows are in input order, so each batch's rows are one contiguous run
         cuts = np.searchsorted(decoded.positions, bounds)
@@ -255,65 +200,40 @@ class KafkaStreamDataset(IterableDataset):
         for b, batch in enumerate(group):
             a, z = cuts[b], cuts[b + 1]
             images = torch.from_numpy(np.ascontiguousarray(decoded.images[a:z]))
-            if self.cfg.pin_memory:
+            if self.pin_memory:
                 images = images.pin_memory()
             bad = (bounds[b + 1] - bounds[b]) - (z - a)
             out.append(StreamBatch(images, torch.from_numpy(decoded.labels[a:z].copy()), batch, tuple(good[b]), bad))
         return out
 
     def _check_stall(self, bufs: _PartitionBuffers, piece: Slice, got_offsets: list) -> None:
-        if time.monotonic() - bufs.last_record < self.cfg.stall_timeout_s:
+        if time.monotonic() - bufs.last_record < self.data.stall_timeout_s:
             return
         pos = bufs.consumer.position(*piece.tp)
         if pos is not None and pos >= piece.end:
             return  # the rest of the piece is a gap in the log (compaction, markers)
         at = got_offsets[-1] + 1 if got_offsets else piece.start
         raise StreamError(f"no records from {piece.topic}[{piece.partition}] at offset {at} for "
-                          f"{self.cfg.stall_timeout_s:.0f}s (planned up to {piece.end}); were they deleted by "
+                          f"{self.data.stall_timeout_s:.0f}s (planned up to {piece.end}); were they deleted by "
                           "retention, or is the broker down?")
 
     def _check_bad_fraction(self) -> None:
         b = self.bad
         # judge only once enough records were seen for the fraction to mean something
-        if b.count and b.seen >= 100 and b.count / b.seen > self.cfg.max_bad_fraction:
+        if b.count and b.seen >= 100 and b.fraction > self.data.max_bad_fraction:
             raise StreamError(f"{b.count} of {b.seen} records are malformed ({dict(b.by_reason)}), more than "
-                              f"--max-bad-fraction {self.cfg.max_bad_fraction}; see the dead-letter topic")
+                              f"--max-bad-fraction {self.data.max_bad_fraction}; see the dead-letter topic")
 
 
-def _overlaps(batch, used) -> bool:
-    return any(u.tp == b.tp and u.start < b.end and b.start < u.end for b in batch for u in used)
-
-
-class _DeadLetters:
-    """Forwards malformed records to ``<topic>.dlq`` with where they came from and why."""
-
-    def __init__(self, factory: Callable, kafka: KafkaConfig):
-        self._factory, self._kafka, self._producer, self._made = factory, kafka, None, set()
-
-    def send(self, tp: tuple, offset: int, value: bytes, err: DecodeError) -> None:
-        topic = f"{tp[0]}.dlq"
-        if self._producer is None:
-            self._producer = self._factory()
-        if topic not in self._made and self._kafka.bootstrap_servers:
-            admin = kafka_io.make_admin(self._kafka)
-            try:  # real Kafka may not auto-create topics
-                admin.create_topic(topic, 1)
-            except kafka_io.ClientError as exc:
-                log.warning("cannot create %s: %s", topic, exc)
-            finally:
-                admin.close()
-            self._made.add(topic)
-        headers = [("ddp_kbit.source.topic", tp[0].encode()), ("ddp_kbit.source.partition", str(tp[1]).encode()),
-                   ("ddp_kbit.source.offset", str(offset).encode()), ("ddp_kbit.error", str(err).encode()),
-                   ("ddp_kbit.error.reason", err.reason.encode())]
-        self._producer.send(topic, value if value is not None else b"", key=str(offset).encode(), headers=headers)
-
-    def close(self) -> None:
-        if self._producer is not None:
-            left = self._producer.flush(30)
-            if left:
-                log.error("%d dead-letter records were not delivered", left)
-            self._producer.close()
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put unless told to stop; False when stopped."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def to_device(batch: StreamBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,6 +246,3 @@ def to_device(batch: StreamBatch, device: torch.device) -> tuple[torch.Tensor, t
     elif x.dim() == 4:          # (N, H, W, C) -> (N, C, H, W)
         x = x.permute(0, 3, 1, 2)
     return x, batch.labels.to(device, non_blocking=non_blocking)
-
-
-__all__ = ["KafkaStreamDataset", "StreamConfig", "StreamBatch", "StreamError", "to_device"]

@@ -15,18 +15,71 @@ from pathlib import Path
 from ddp_kbit.config import SparkConfig
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parent.parent / "spark_conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "spark_conf"
 
 
 def read_conf(path: Path) -> dict[str, str]:
-    """spark-defaults.conf syntax: ``key  value`` per line, # comments."""
+    """A spark-defaults.conf, read as Spark reads it (``java.util.Properties``):
+    ``key value``, ``key=value`` or ``key: value``; ``#``/``!`` comments; a trailing
+    backslash continues a line; ``\\t``-style and ``\\uXXXX`` escapes; values trimmed."""
     out = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            out[key] = value.strip()
+    for line in _logical_lines(path.read_text(encoding="utf-8")):
+        key, value = _split_property(line)
+        out[key] = value.strip()
     return out
+
+
+def _logical_lines(text: str):
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.lstrip()  # continuation lines lose their leading white space too
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2:  # an odd number of backslashes: the line goes on
+            pending += line[:-1]
+            continue
+        pending += line
+        if pending:
+            yield pending
+        pending = ""
+    if pending:
+        yield pending
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _split_property(line: str) -> tuple[str, str]:
+    key, i = [], 0
+    while i < len(line) and line[i] not in "=: \t\f":
+        if line[i] == "\\" and i + 1 < len(line):
+            ch, i = _unescape(line, i)
+            key.append(ch)
+            continue
+        key.append(line[i])
+        i += 1
+    while i < len(line) and line[i] in " \t\f":
+        i += 1
+    if i < len(line) and line[i] in "=:":
+        i += 1
+    value, j = [], i
+    while j < len(line):
+        if line[j] == "\\" and j + 1 < len(line):
+            ch, j = _unescape(line, j)
+            value.append(ch)
+            continue
+        value.append(line[j])
+        j += 1
+    return "".join(key), "".join(value).lstrip(" \t\f")
+
+
+def _unescape(line: str, i: int) -> tuple[str, int]:
+    """The character escaped at ``line[i] == '\\'`` and the index after it."""
+    ch = line[i + 1]
+    if ch == "u" and i + 6 <= len(line):
+        return chr(int(line[i + 2:i + 6], 16)), i + 6
+    return _ESCAPES.get(ch, ch), i + 2
 
 
 def under_spark_submit() -> bool:

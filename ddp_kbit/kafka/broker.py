@@ -15,12 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from ddp_kbit.errors import BrokerError
+
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
-
-
-class BrokerError(RuntimeError):
-    pass
 
 
 def broker_binary() -> str:

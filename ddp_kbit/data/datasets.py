@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ddp_kbit.config import DATASETS, SyntheticConfig
+from ddp_kbit.errors import DatasetError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 MNIST_DIR = "/usr/share/datasets/mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -27,12 +30,7 @@ GTSRB_CLASSES = (
     "Turn left ahead", "Ahead only", "Go straight or right", "Go straight or left", "Keep right", "Keep left",
     "Roundabout mandatory", "End of no passing", "End of no passing by vehicles over 3.5 metric tons",
 )
-DATASETS = ("fashion-mnist", "mnist", "gtsrb", "npz", "synthetic")
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DatasetError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -52,15 +50,6 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    shape: tuple[int, ...] = (28, 28)
-    num_classes: int = 10
-    num_samples: int = 1000
-    seed: int = 0
-    dtype: str = "uint8"
 
 
 # ------------------------------------------------------------------ IDX
@@ -170,7 +159,7 @@ def _as_contract_dtype(images: np.ndarray, path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ synthetic
-def synthetic(spec: SyntheticSpec, split: str = "train") -> Dataset:
+def synthetic(spec: SyntheticConfig, split: str = "train") -> Dataset:
     """Learnable and seeded: each class has a fixed random prototype; samples are
     the prototype plus noise. Train and test share prototypes, not samples."""
     protos = np.random.default_rng(spec.seed).uniform(0, 255, size=(spec.num_classes, *spec.shape))
@@ -184,11 +173,11 @@ def synthetic(spec: SyntheticSpec, split: str = "train") -> Dataset:
 
 # ------------------------------------------------------------------ entry point
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None,
-                 limit: int | None = None, synthetic_spec: SyntheticSpec | None = None) -> Dataset:
+                 limit: int | None = None, synthetic_cfg: SyntheticConfig | None = None) -> Dataset:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if name == "synthetic":
-        ds = synthetic(synthetic_spec or SyntheticSpec(), split)
+        ds = synthetic(synthetic_cfg or SyntheticConfig(), split)
     else:
         folder = Path(data_dir) if data_dir else _default_dir(name)
         if not folder.exists():

@@ -11,17 +11,15 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from ddp_kbit import kafka_io
-from ddp_kbit.codecs import SCHEMA_ID, get_codec
+from ddp_kbit import kafka
 from ddp_kbit.config import MANIFEST_TOPIC, KafkaConfig
+from ddp_kbit.errors import ClientError, DecodeError, ManifestError
+from ddp_kbit.wire import FORMATS, SCHEMA_ID, get_codec
+from ddp_kbit.wire.sample import HEADER_FORMAT
 
 log = logging.getLogger(__name__)
 FIELDS = ("topic", "dataset", "split", "format", "layout", "schema", "num_samples", "shape", "dtype",
           "num_classes", "class_names", "partitions", "compression", "created_at")
-
-
-class ManifestError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -79,36 +77,22 @@ def ensure_manifest_topic(admin, topic: str = MANIFEST_TOPIC) -> None:
 
 
 def write(cfg: KafkaConfig, manifest: Manifest, topic: str = MANIFEST_TOPIC) -> None:
-    admin = kafka_io.make_admin(cfg)
-    try:
+    with kafka.make_admin(cfg) as admin:
         ensure_manifest_topic(admin, topic)
-    finally:
-        admin.close()
-    producer = kafka_io.make_producer(cfg)
-    try:
+    with kafka.make_producer(cfg) as producer:
         producer.send(topic, manifest.to_json(), key=manifest.topic.encode(), partition=0)
         if producer.flush(30) or producer.report.failed:
-            raise kafka_io.ClientError(f"manifest for {manifest.topic} was not acknowledged: "
-                                       f"{producer.report.first_error or 'timed out'}")
-    finally:
-        producer.close()
+            raise ClientError(f"manifest for {manifest.topic} was not acknowledged: "
+                              f"{producer.report.first_error or 'timed out'}")
 
 
 def read_all(cfg: KafkaConfig, topic: str = MANIFEST_TOPIC) -> dict[str, Manifest]:
     """Every data topic's latest manifest. Unreadable entries are logged and skipped."""
-    admin = kafka_io.make_admin(cfg)
-    try:
-        topics = admin.topics()
-    finally:
-        admin.close()
-    if topic not in topics:
+    partitions = kafka.topics(cfg).get(topic)
+    if partitions is None:
         return {}
-    consumer = kafka_io.make_consumer(cfg, group_id="ddp_kbit.manifest-reader")
-    try:
-        records = kafka_io.read_all(consumer, [(topic, p) for p in range(topics[topic])])
-    finally:
-        consumer.close()
     latest: dict[str, Manifest] = {}
+    records = kafka.read_topic(cfg, topic, partitions, group_id="ddp_kbit.manifest-reader")
     for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
         if rec.key is None or rec.value is None:
             continue  # a tombstone or keyless record carries no manifest
@@ -123,20 +107,24 @@ def from_broker(cfg: KafkaConfig, topic: str, num_partitions: int) -> Manifest:
     """A manifest derived from the broker: every partition's (log start, high
     watermark), and format/shape/dtype from the first record's headers and value.
     The class count is unknown here (``num_classes=None``)."""
-    consumer = kafka_io.make_consumer(cfg, group_id="ddp_kbit.manifest-reader")
-    try:
-        tps = [(topic, p) for p in range(num_partitions)]
-        bounds = kafka_io.end_offsets(consumer, tps)
+    tps = [(topic, p) for p in range(num_partitions)]
+    with kafka.make_consumer(cfg, group_id="ddp_kbit.manifest-reader") as consumer:
+        bounds = kafka.end_offsets(consumer, tps)
         first = next(((tp, lo) for tp, (lo, hi) in bounds.items() if hi > lo), None)
         if first is None:
             raise ManifestError(f"topic {topic} holds no records")
         (t, p), lo = first
-        rec = kafka_io.read_all(consumer, [(t, p)], ends={(t, p): lo + 1}, starts={(t, p): lo}, headers=True)[0]
-    finally:
-        consumer.close()
+        rec = kafka.read_all(consumer, [(t, p)], ends={(t, p): lo + 1}, starts={(t, p): lo}, headers=True)[0]
     headers = {k: bytes(v) for k, v in (rec.headers or [])}
-    fmt = headers.get("ddp_kbit.format", b"").decode() or _guess_format(rec.value)
-    sample = get_codec(fmt).decode(rec.value)
+    fmt = headers.get(HEADER_FORMAT, b"").decode() or _guess_format(rec.value)
+    if fmt not in FORMATS:
+        raise ManifestError(f"topic {topic} has no manifest and its first record's {HEADER_FORMAT} header "
+                            f"says {fmt!r}; allowed: {', '.join(FORMATS)}")
+    try:
+        sample = get_codec(fmt).decode(rec.value)
+    except DecodeError as exc:
+        raise ManifestError(f"topic {topic} has no manifest and its first record ({t}[{p}]@{lo}) "
+                            f"is not a valid sample: {exc}") from None
     return Manifest(topic=topic, dataset=None, split=None, format=fmt, layout=sample.layout,
                     num_samples=sum(hi - lo for lo, hi in bounds.values()), shape=sample.shape,
                     dtype=sample.dtype, num_classes=None, class_names=None,
@@ -150,16 +138,16 @@ def _guess_format(value: bytes) -> str:
         try:
             get_codec(fmt).decode(value)
             return fmt
-        except Exception:
+        except DecodeError:
             continue
     raise ManifestError("the first record decodes in no known format")
 
 
 def resolve(cfg: KafkaConfig, topic: str, manifest_topic: str = MANIFEST_TOPIC) -> Manifest:
     """The topic's manifest, or one derived from the broker; ClientError if the topic is missing."""
-    topics = kafka_io.check_reachable(cfg)
+    topics = kafka.topics(cfg)
     if topic not in topics:
-        raise kafka_io.ClientError(f"topic {topic} does not exist on {cfg.bootstrap_servers}")
+        raise ClientError(f"topic {topic} does not exist on {cfg.bootstrap_servers}")
     found = read_all(cfg, manifest_topic).get(topic)
     if found is not None:
         return found

@@ -1,0 +1,1 @@
+"""The data path: datasets -> publish -> manifests -> offset plans -> the stream."""

@@ -1,0 +1,155 @@
+"""confluent-kafka (librdkafka) adapters: the fast client, and the default."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+from ddp_kbit.config import KafkaConfig
+from ddp_kbit.errors import ClientError
+from ddp_kbit.kafka.protocol import TP, Closing, DeliveryReport, Record, short
+
+# librdkafka logs to stderr by default; route it through Python logging so a
+# refused connection is one clear error line, not a screenful of retries.
+RDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def settings(cfg: KafkaConfig) -> dict:
+    conf = {"bootstrap.servers": cfg.bootstrap_servers, "security.protocol": cfg.security_protocol.lower(),
+            "socket.timeout.ms": int(cfg.request_timeout_s * 1000), "logger": RDKAFKA_LOG}
+    optional = {"sasl.mechanism": cfg.sasl_mechanism, "sasl.username": cfg.sasl_username,
+                "sasl.password": cfg.sasl_password, "ssl.ca.location": cfg.ssl_cafile,
+                "ssl.certificate.location": cfg.ssl_certfile, "ssl.key.location": cfg.ssl_keyfile,
+                "ssl.key.password": cfg.ssl_password}
+    conf.update({k: v for k, v in optional.items() if v is not None})
+    return conf
+
+
+class Producer(Closing):
+    def __init__(self, cfg: KafkaConfig, compression: str = "none", extra: dict | None = None):
+        from confluent_kafka import Producer as _Producer
+
+        conf = settings(cfg)
+        conf.update({"enable.idempotence": True, "acks": "all", "compression.type": compression,
+                     "linger.ms": 20, "batch.size": 1_000_000, "queue.buffering.max.messages": 500_000,
+                     "queue.buffering.max.kbytes": 1_048_576, "message.timeout.ms": 120_000})
+        conf.update(extra or {})
+        self._p = _Producer(conf)
+        self.report = DeliveryReport()
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self.report.fail(str(err))
+        else:
+            self.report.ack(msg.topic(), msg.partition(), msg.offset())
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None,
+             headers: list | None = None) -> None:
+        kwargs = {"partition": partition} if partition is not None else {}
+        while True:
+            try:
+                self._p.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery, **kwargs)
+                break
+            except BufferError:  # local queue full: serve delivery callbacks, then retry
+                self._p.poll(0.05)
+        self.report.sent += 1
+        self._p.poll(0)
+
+    def flush(self, timeout: float = 120.0) -> int:
+        self._p.flush(timeout)
+        return self.report.pending
+
+    def close(self) -> None:
+        self._p.flush(5)
+
+
+class Consumer(Closing):
+    def __init__(self, cfg: KafkaConfig, group_id: str = "ddp_kbit", extra: dict | None = None):
+        from confluent_kafka import Consumer as _Consumer
+        from confluent_kafka import TopicPartition
+
+        conf = settings(cfg)
+        conf.update({"group.id": group_id, "enable.auto.commit": False, "enable.partition.eof": False,
+                     "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024,
+                     "max.partition.fetch.bytes": 16 * 1024 * 1024, "fetch.wait.max.ms": 100,
+                     "queued.min.messages": 200_000})
+        conf.update(extra or {})
+        self._c, self._tp = _Consumer(conf), TopicPartition
+        self._timeout = cfg.request_timeout_s
+
+    def assign(self, positions: Sequence[tuple[str, int, int]]) -> None:
+        self._c.assign([self._tp(t, p, o) for t, p, o in positions])
+
+    def poll(self, max_records: int = 10_000, timeout: float = 0.5, headers: bool = False) -> list[Record]:
+        msgs = self._consume(max_records, timeout)
+        return [Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() if headers else None)
+                for m in msgs]
+
+    def poll_values(self, max_records: int, timeout: float):
+        msgs = self._consume(max_records, timeout)
+        return ([m.partition() for m in msgs], [m.offset() for m in msgs], [m.value() for m in msgs],
+                [m.topic() for m in msgs])
+
+    def _consume(self, max_records: int, timeout: float) -> list:
+        """Messages without errors; a fatal or non-retriable error raises at once."""
+        got = self._c.consume(max_records, timeout)
+        msgs = [m for m in got if m.error() is None]
+        if len(msgs) != len(got):
+            for m in got:
+                err = m.error()
+                if err is not None and (err.fatal() or not err.retriable()):
+                    raise ClientError(f"consume failed on {m.topic()}[{m.partition()}]: {err.str()}")
+        return msgs
+
+    def list_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, int]]:
+        out = {}
+        for t, p in tps:
+            try:
+                out[(t, p)] = self._c.get_watermark_offsets(self._tp(t, p), timeout=self._timeout)
+            except Exception as exc:
+                raise ClientError(f"cannot read offsets of {t}[{p}]: {short(exc)}") from None
+        return out
+
+    def cached_high(self, topic: str, partition: int) -> int | None:
+        lo, hi = self._c.get_watermark_offsets(self._tp(topic, partition), cached=True)
+        return hi if hi >= 0 else None
+
+    def pause(self, tps: Iterable[TP]) -> None:
+        self._c.pause([self._tp(t, p) for t, p in tps])
+
+    def resume(self, tps: Iterable[TP]) -> None:
+        self._c.resume([self._tp(t, p) for t, p in tps])
+
+    def position(self, topic: str, partition: int) -> int | None:
+        o = self._c.position([self._tp(topic, partition)])[0].offset
+        return o if o >= 0 else None
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class Admin(Closing):
+    def __init__(self, cfg: KafkaConfig):
+        from confluent_kafka.admin import AdminClient
+
+        self._a, self._timeout = AdminClient(settings(cfg)), cfg.request_timeout_s
+        self._servers = cfg.bootstrap_servers
+
+    def topics(self) -> dict[str, int]:
+        try:
+            md = self._a.list_topics(timeout=self._timeout)
+        except Exception as exc:
+            raise ClientError(f"cannot reach Kafka at {self._servers}: {short(exc)}") from None
+        return {name: len(t.partitions) for name, t in md.topics.items() if not name.startswith("__")}
+
+    def create_topic(self, name: str, partitions: int, config: dict | None = None) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        fut = self._a.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name]
+        try:
+            fut.result(self._timeout)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise ClientError(f"cannot create topic {name}: {short(exc)}") from None
+
+    def close(self) -> None:
+        pass  # AdminClient holds no connection to close

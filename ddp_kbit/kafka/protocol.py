@@ -1,0 +1,110 @@
+"""What the rest of the package knows of a Kafka client: records, delivery
+reports and the three roles (producer, consumer, admin). The confluent-kafka and
+kafka-python adapters implement these; nothing above ``ddp_kbit.kafka`` names
+either library. Every adapter is a context manager that closes its connection."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple, Protocol, Sequence
+
+TP = tuple  # (topic, partition)
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list | None = None
+
+
+@dataclass
+class DeliveryReport:
+    """What the broker acknowledged: first/last offset per partition, and failures."""
+
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    first_error: str | None = None
+    ranges: dict = field(default_factory=dict)  # (topic, partition) -> [first, last+1]
+
+    def ack(self, topic: str, partition: int, offset: int) -> None:
+        self.acked += 1
+        r = self.ranges.get((topic, partition))
+        if r is None:
+            self.ranges[(topic, partition)] = [offset, offset + 1]
+        else:
+            r[0], r[1] = min(r[0], offset), max(r[1], offset + 1)
+
+    def fail(self, error: str) -> None:
+        self.failed += 1
+        self.first_error = self.first_error or error
+
+    @property
+    def pending(self) -> int:
+        return self.sent - self.acked - self.failed
+
+
+class Closing:
+    """``with adapter:`` closes the connection on exit, exceptions included."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RecordProducer(Protocol):
+    report: DeliveryReport
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None,
+             headers: list | None = None) -> None: ...
+
+    def flush(self, timeout: float = 120.0) -> int:
+        """Wait for every delivery report; returns how many records are still unacknowledged."""
+
+    def close(self) -> None: ...
+
+
+class RecordConsumer(Protocol):
+    def assign(self, positions: Sequence[tuple[str, int, int]]) -> None:
+        """Read these (topic, partition, offset)s from now on; never a consumer group."""
+
+    def poll(self, max_records: int = 10_000, timeout: float = 0.5, headers: bool = False) -> list[Record]: ...
+
+    def poll_values(self, max_records: int, timeout: float) -> tuple[list, list, list, list]:
+        """Hot path: (partitions, offsets, values, topics) as parallel lists."""
+
+    def list_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, int]]: ...
+
+    def cached_high(self, topic: str, partition: int) -> int | None: ...
+
+    def pause(self, tps: Iterable[TP]) -> None: ...
+
+    def resume(self, tps: Iterable[TP]) -> None: ...
+
+    def position(self, topic: str, partition: int) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class Admin(Protocol):
+    def topics(self) -> dict[str, int]:
+        """Topic -> partition count (internal topics left out)."""
+
+    def create_topic(self, name: str, partitions: int, config: dict | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def short(exc: BaseException) -> str:
+    """One line: KafkaError's own text, else the exception's first line."""
+    first = exc.args[0] if exc.args else None
+    if hasattr(first, "str") and callable(first.str):
+        return first.str()
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

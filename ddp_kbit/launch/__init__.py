@@ -1,0 +1,1 @@
+"""Launching the ranks: the Spark session, TorchDistributor, restarts, the run report."""

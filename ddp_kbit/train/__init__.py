@@ -1,0 +1,1 @@
+"""Training on each rank: ignite engines and handlers, checkpoints, models, collectives."""

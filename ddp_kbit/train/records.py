@@ -1,0 +1,94 @@
+"""Typed records of a run: epoch statistics and what a checkpoint holds.
+
+Plain data only (ints, floats, strings, lists, dicts), so a checkpoint loads
+with ``torch.load(weights_only=True)`` and a report is plain JSON.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ddp_kbit.data.dead_letters import BadRecords
+from ddp_kbit.data.partitions import ConsumedRange
+from ddp_kbit.errors import CheckpointError
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class EpochStats:
+    """Sums over all ranks for (part of) an epoch."""
+
+    loss_sum: float = 0.0    # loss x samples
+    samples: int = 0
+    wait_s: float = 0.0      # seconds the step waited for data
+    seconds: float = 0.0     # each rank's wall seconds, summed over ranks
+
+    def __add__(self, other: "EpochStats") -> "EpochStats":
+        return EpochStats(self.loss_sum + other.loss_sum, self.samples + other.samples,
+                          self.wait_s + other.wait_s, self.seconds + other.seconds)
+
+    def as_list(self) -> list[float]:
+        return [float(self.loss_sum), float(self.samples), float(self.wait_s), float(self.seconds)]
+
+    @classmethod
+    def from_list(cls, v) -> "EpochStats":
+        return cls(float(v[0]), int(round(v[1])), float(v[2]), float(v[3]))
+
+    def to_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum, "samples": self.samples, "wait_s": self.wait_s, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EpochStats":
+        return cls(float(d["loss_sum"]), int(d["samples"]), float(d["wait_s"]), float(d["seconds"]))
+
+
+def epoch_record(epoch: int, stats: EpochStats, world: int, consumed: list[ConsumedRange], ev: dict) -> dict:
+    """The report's entry for one finished epoch."""
+    wall = stats.seconds / world  # ranks run side by side: seconds summed over ranks / ranks = wall time
+    return {"epoch": epoch + 1, "train_loss": stats.loss_sum / max(stats.samples, 1), "val_loss": ev["val_loss"],
+            "val_accuracy": ev["val_accuracy"], "samples": int(stats.samples), "seconds": wall,
+            "samples_per_s": stats.samples / max(wall, 1e-9),
+            "data_wait_fraction": stats.wait_s / max(stats.seconds, 1e-9),
+            "consumed": [c.to_dict() for c in sorted(consumed, key=lambda c: (c.topic, c.partition, c.start))]}
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands; the ``run`` entry of every checkpoint.
+
+    ``consumed`` holds every rank's ranges of the current epoch that already went
+    into an optimizer step, so a resumed run (on any number of ranks) plans
+    exactly the rest. ``belongs_to`` says which topics, ranges, model and sample
+    type the checkpoint is for; resuming anything else is refused."""
+
+    epoch: int = 0
+    global_step: int = 0
+    consumed: list[ConsumedRange] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    bad: BadRecords = field(default_factory=BadRecords)
+    partial: EpochStats = field(default_factory=EpochStats)  # stats of this epoch before a resume
+    belongs_to: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "global_step": self.global_step,
+                "consumed": [c.to_dict() for c in self.consumed], "history": self.history,
+                "bad": self.bad.to_dict(), "partial": self.partial.to_dict(), "belongs_to": self.belongs_to}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"checkpoint format version {state.get('version')!r}; this version of ddp_kbit "
+                                  f"reads version {CHECKPOINT_VERSION}")
+        mismatch = describe_mismatch(state["belongs_to"], self.belongs_to)
+        if mismatch:
+            raise CheckpointError(f"checkpoint is for another run: {mismatch}")
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.consumed = [ConsumedRange.from_dict(c) for c in state["consumed"]]
+        self.history, self.bad = list(state["history"]), BadRecords.from_dict(state["bad"])
+        self.partial = EpochStats.from_dict(state["partial"])
+
+
+def describe_mismatch(saved: dict, current: dict) -> str | None:
+    """What differs between a checkpoint's identity and this run's, in words."""
+    diffs = [f"{k} {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    return "; ".join(diffs) or None
