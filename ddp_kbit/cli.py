@@ -9,11 +9,20 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-from ddp_kbit.config import (CLIENTS, LOG_LEVELS, SASL_MECHANISMS, SECURITY_PROTOCOLS, GeneralConfig, KafkaConfig,
-                             build, build_group, load_config_file, sections_of)
+from ddp_kbit.config import (
+    CLIENTS,
+    LOG_LEVELS,
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    GeneralConfig,
+    KafkaConfig,
+    build_group,
+    load_config_file,
+    sections_of,
+)
 from ddp_kbit.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, UserError
 
 PASSWORD_ENV = "DDP_KBIT_SASL_PASSWORD"
@@ -82,10 +91,6 @@ def config_group(cls, args: argparse.Namespace, extra_sections=()) -> tuple:
     """(A grouping config such as JobConfig from the file and the flags, the file's sections)."""
     file_cfg = load_config_file(args.config, [*sections_of(cls), *extra_sections])
     return build_group(cls, file_cfg, overrides(args)), file_cfg
-
-
-def config_part(cls, section: str, args: argparse.Namespace, file_cfg: dict):
-    return build(cls, file_cfg.get(section), overrides(args).get(section), where=section)
 
 
 def setup_logging(level: str) -> None:

@@ -14,9 +14,10 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ddp_kbit.errors import ConfigError
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS, topic_name
@@ -89,7 +90,7 @@ class KafkaConfig:
             raise ConfigError(f"security_protocol {self.security_protocol} needs --sasl-mechanism")
         positive("request_timeout_s", self.request_timeout_s)
 
-    def with_servers(self, servers: str) -> "KafkaConfig":
+    def with_servers(self, servers: str) -> KafkaConfig:
         return dataclasses.replace(self, bootstrap_servers=servers)
 
 

@@ -18,8 +18,17 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from ddp_kbit import cli  # noqa: E402
-from ddp_kbit.config import (MODELS, OPTIMIZERS, SCHEDULES, CheckpointConfig, DataConfig, JobConfig,  # noqa: E402
-                             SparkConfig, TrainConfig, as_dict)
+from ddp_kbit.config import (  # noqa: E402
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    CheckpointConfig,
+    DataConfig,
+    JobConfig,
+    SparkConfig,
+    TrainConfig,
+    as_dict,
+)
 from ddp_kbit.files import make_run_dir, write_json  # noqa: E402
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS  # noqa: E402
 

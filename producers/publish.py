@@ -13,8 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from ddp_kbit import cli
-from ddp_kbit.config import (COMPRESSIONS, DATASETS, GeneralConfig, KafkaConfig, PublishConfig, SyntheticConfig,
-                             as_dict)
+from ddp_kbit.config import COMPRESSIONS, DATASETS, GeneralConfig, KafkaConfig, PublishConfig, SyntheticConfig, as_dict
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
 from ddp_kbit.files import make_run_dir, write_json

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Sets up, then runs every test: unit tests and integration tests against the real
-# embedded broker and a real local Spark. Extra arguments go to pytest.
+# Sets up, then checks the code (ruff lint, import-linter layer contracts) and runs
+# every test: unit tests and integration tests against the real embedded broker and
+# a real local Spark. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "test: ruff"
+.venv/bin/ruff check .
+echo "test: import-linter (layers follow the data flow)"
+.venv/bin/lint-imports --no-cache >/dev/null || { .venv/bin/lint-imports --no-cache; exit 1; }
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

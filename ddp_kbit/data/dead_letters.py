@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ddp_kbit import kafka
 from ddp_kbit.config import KafkaConfig
@@ -31,7 +31,7 @@ class BadRecords:
         self.count += len(reasons)
         self.by_reason.update(reasons)
 
-    def __add__(self, other: "BadRecords") -> "BadRecords":
+    def __add__(self, other: BadRecords) -> BadRecords:
         return BadRecords(self.count + other.count, self.seen + other.seen, self.by_reason + other.by_reason)
 
     @property
@@ -42,7 +42,7 @@ class BadRecords:
         return {"count": self.count, "seen": self.seen, "by_reason": dict(sorted(self.by_reason.items()))}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BadRecords":
+    def from_dict(cls, d: dict) -> BadRecords:
         return cls(int(d["count"]), int(d["seen"]), collections.Counter(d["by_reason"]))
 
 

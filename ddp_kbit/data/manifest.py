@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ddp_kbit import kafka
 from ddp_kbit.config import MANIFEST_TOPIC, KafkaConfig
@@ -36,7 +36,7 @@ class Manifest:
     class_names: tuple[str, ...] | None
     partitions: dict[int, tuple[int, int]]  # partition -> (start, end), end exclusive
     compression: str = "none"
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     schema: str = SCHEMA_ID
     source: str = "manifest"  # or "broker" for a derived one; not on the wire
 
@@ -48,7 +48,7 @@ class Manifest:
         return json.dumps({k: obj[k] for k in FIELDS}, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "Manifest":
+    def from_json(cls, raw: bytes | str) -> Manifest:
         try:
             obj = json.loads(raw)
             missing = [k for k in FIELDS if k not in obj]

@@ -9,8 +9,8 @@ plan is fixed before any I/O and a resumed run plans the remainder identically.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from ddp_kbit.errors import PlanError
 
@@ -61,10 +61,6 @@ class RankPlan:
     rank: int
     slices: tuple[Slice, ...]
     batches: tuple[tuple[Slice, ...], ...]
-
-    @property
-    def num_offsets(self) -> int:
-        return sum(len(s) for s in self.slices)
 
 
 def interleave(slices: Sequence[Slice], chunk: int, seed: int) -> list[Slice]:
@@ -167,7 +163,7 @@ class ConsumedRange:
                 "end": self.end, "count": self.count}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ConsumedRange":
+    def from_dict(cls, d: dict) -> ConsumedRange:
         return cls(d["topic"], int(d["partition"]), int(d["start"]), int(d["end"]), int(d["count"]), int(d["rank"]))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from ddp_kbit.config import KafkaConfig
 from ddp_kbit.errors import ClientError

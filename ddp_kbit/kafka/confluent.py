@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ddp_kbit.config import KafkaConfig
 from ddp_kbit.errors import ClientError

@@ -3,7 +3,7 @@ consume than confluent-kafka even with the ``crc32c`` package)."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from ddp_kbit.config import KafkaConfig
 from ddp_kbit.errors import ClientError

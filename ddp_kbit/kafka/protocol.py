@@ -4,8 +4,9 @@ kafka-python adapters implement these; nothing above ``ddp_kbit.kafka`` names
 either library. Every adapter is a context manager that closes its connection."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 TP = tuple  # (topic, partition)
 

@@ -51,27 +51,25 @@ _ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
 
 
 def _split_property(line: str) -> tuple[str, str]:
-    key, i = [], 0
-    while i < len(line) and line[i] not in "=: \t\f":
-        if line[i] == "\\" and i + 1 < len(line):
-            ch, i = _unescape(line, i)
-            key.append(ch)
-            continue
-        key.append(line[i])
-        i += 1
+    key, i = _scan(line, 0, "=: \t\f")
     while i < len(line) and line[i] in " \t\f":
         i += 1
     if i < len(line) and line[i] in "=:":
         i += 1
-    value, j = [], i
-    while j < len(line):
-        if line[j] == "\\" and j + 1 < len(line):
-            ch, j = _unescape(line, j)
-            value.append(ch)
-            continue
-        value.append(line[j])
-        j += 1
-    return "".join(key), "".join(value).lstrip(" \t\f")
+    value, _ = _scan(line, i, "")
+    return key, value.lstrip(" \t\f")
+
+
+def _scan(line: str, i: int, stop: str) -> tuple[str, int]:
+    """Characters from ``i`` up to an unescaped one in ``stop`` (or the end), unescaped."""
+    out = []
+    while i < len(line) and line[i] not in stop:
+        if line[i] == "\\" and i + 1 < len(line):
+            ch, i = _unescape(line, i)
+        else:
+            ch, i = line[i], i + 1
+        out.append(ch)
+    return "".join(out), i
 
 
 def _unescape(line: str, i: int) -> tuple[str, int]:

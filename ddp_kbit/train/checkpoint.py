@@ -12,8 +12,8 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from ignite.handlers import Checkpoint, DiskSaver

@@ -5,8 +5,8 @@ the start of every epoch — e.g. a metrics logger, or a fault injector in tests
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ignite.engine import Engine, Events
 

@@ -21,7 +21,6 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Accuracy, Loss
 
 from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
-from ddp_kbit.data.dead_letters import BadRecords
 from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import Slice, plan_epoch, ranges_to_slices, subtract
 from ddp_kbit.data.stream import KafkaStreamDataset, to_device
@@ -276,5 +275,3 @@ class RankTrainer:
                                                       "model": str(model_path)},
                 "bad_records": self.run.bad.to_dict(), "world_size": self.world}
 
-
-__all__ = ["RunSpec", "train_fn", "make_trainer", "build_optimizer", "BadRecords"]

@@ -23,22 +23,19 @@ class EpochStats:
     wait_s: float = 0.0      # seconds the step waited for data
     seconds: float = 0.0     # each rank's wall seconds, summed over ranks
 
-    def __add__(self, other: "EpochStats") -> "EpochStats":
+    def __add__(self, other: EpochStats) -> EpochStats:
         return EpochStats(self.loss_sum + other.loss_sum, self.samples + other.samples,
                           self.wait_s + other.wait_s, self.seconds + other.seconds)
 
-    def as_list(self) -> list[float]:
-        return [float(self.loss_sum), float(self.samples), float(self.wait_s), float(self.seconds)]
-
     @classmethod
-    def from_list(cls, v) -> "EpochStats":
+    def from_list(cls, v) -> EpochStats:
         return cls(float(v[0]), int(round(v[1])), float(v[2]), float(v[3]))
 
     def to_dict(self) -> dict:
         return {"loss_sum": self.loss_sum, "samples": self.samples, "wait_s": self.wait_s, "seconds": self.seconds}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EpochStats":
+    def from_dict(cls, d: dict) -> EpochStats:
         return cls(float(d["loss_sum"]), int(d["samples"]), float(d["wait_s"]), float(d["seconds"]))
 
 

@@ -12,8 +12,7 @@ from ddp_kbit.wire.bson_codec import BsonCodec
 from ddp_kbit.wire.codec import Codec
 from ddp_kbit.wire.json_codec import JsonCodec
 from ddp_kbit.wire.protobuf_codec import ProtobufCodec
-from ddp_kbit.wire.sample import (DTYPES, FORMATS, LAYOUTS, REASONS, SCHEMA_ID, Batch, Sample, headers,
-                                  topic_name)
+from ddp_kbit.wire.sample import DTYPES, FORMATS, LAYOUTS, REASONS, SCHEMA_ID, Batch, Sample, headers, topic_name
 
 REGISTRY: dict[str, type[Codec]] = {c.format: c for c in (JsonCodec, AvroCodec, ProtobufCodec, BsonCodec)}
 assert tuple(REGISTRY) == FORMATS

@@ -15,14 +15,25 @@ back in ``Batch.errors`` as a :class:`DecodeError` with a reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 
 from ddp_kbit.errors import DecodeError
-from ddp_kbit.wire.sample import (DTYPES, INT32, INT64, LAYOUTS, Batch, Sample, headers, is_int, pixels_as_uint8,
-                                  sample_nbytes, validated)
+from ddp_kbit.wire.sample import (
+    DTYPES,
+    INT32,
+    INT64,
+    LAYOUTS,
+    Batch,
+    Sample,
+    headers,
+    is_int,
+    pixels_as_uint8,
+    sample_nbytes,
+    validated,
+)
 from ddp_kbit.wire.vector import Rows
 
 

@@ -74,7 +74,7 @@ class JsonCodec(Codec):
         ok &= rows.matches(body, mid) & rows.matches(rows.ends - len(TAIL), TAIL)
         H = rows.gather(rows.starts, 56)
         ok &= (H[:, :len(PREFIX)] == np.frombuffer(PREFIX, np.uint8)).all(axis=1)
-        comma = np.where(np.arange(56) >= len(PREFIX), H == ord(","), False).argmax(axis=1)
+        comma = np.where(np.arange(56) >= len(PREFIX), ord(",") == H, False).argmax(axis=1)
         ok &= rows.matches(rows.starts + comma, LABEL_KEY) & (comma > len(PREFIX))
         index, iok = decimal_ints(H, np.full(len(H), len(PREFIX)), comma)
         label, lok = decimal_ints(H, comma + len(LABEL_KEY), head_len)

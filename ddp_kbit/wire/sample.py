@@ -3,8 +3,8 @@ format shares. Imports no codec library, so config and tests can use the names."
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Sample:
     pixels: Sequence[int] | None = None
 
     @classmethod
-    def from_array(cls, index: int, label: int, array: np.ndarray, layout: str = "bytes") -> "Sample":
+    def from_array(cls, index: int, label: int, array: np.ndarray, layout: str = "bytes") -> Sample:
         array = np.asarray(array)
         dtype = dtype_name(array.dtype)
         if layout == "bytes":

@@ -3,8 +3,8 @@ import itertools
 
 import pytest
 
-from ddp_kbit.kafka.broker import EmbeddedBroker
 from ddp_kbit.config import KafkaConfig
+from ddp_kbit.kafka.broker import EmbeddedBroker
 
 _names = itertools.count()
 

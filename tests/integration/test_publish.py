@@ -93,7 +93,7 @@ def test_publish_and_read_back_with_plain_consumer(kcfg, fmnist, topic_name, fmt
         else:
             assert list(d["pixels"]) == fmnist.images[i].ravel().tolist() and not d.get("data")
         offsets.setdefault(m.partition(), []).append((m.offset(), i))
-    for p, seen in offsets.items():  # index order within each partition
+    for seen in offsets.values():  # index order within each partition
         assert [i for _, i in sorted(seen)] == sorted(i for _, i in seen)
     man = latest_manifest_plain(kcfg.bootstrap_servers, topic_name)
     assert man["partitions"] == {str(p): [min(o for o, _ in s), max(o for o, _ in s) + 1] for p, s in offsets.items()}
@@ -151,8 +151,8 @@ def test_delivery_failure_writes_no_manifest(tmp_path, fmnist):
 
 def test_end_offsets_are_high_watermarks_on_tansu(kcfg, topic_name):
     with kafka.make_producer(kcfg) as producer:
-        for batch in range(3):  # several record batches, so ListOffsets(latest) lags on tansu
-            for i in range(7):
+        for _ in range(3):  # several record batches, so ListOffsets(latest) lags on tansu
+            for _ in range(7):
                 producer.send(topic_name, b"x", partition=0)
             producer.flush(10)
     with kafka.make_consumer(kcfg) as consumer:

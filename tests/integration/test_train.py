@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import chaos
 import pytest
 import torch
 
-import chaos
 from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
 from ddp_kbit.data import manifest

@@ -3,8 +3,17 @@ import json
 import pytest
 
 from ddp_kbit.cli import overrides
-from ddp_kbit.config import (JobConfig, KafkaConfig, PublishConfig, SyntheticConfig, as_dict, build, build_group,
-                             load_config_file, sections_of)
+from ddp_kbit.config import (
+    JobConfig,
+    KafkaConfig,
+    PublishConfig,
+    SyntheticConfig,
+    as_dict,
+    build,
+    build_group,
+    load_config_file,
+    sections_of,
+)
 from ddp_kbit.errors import ConfigError
 from ddp_kbit.main import build_parser
 from ddp_kbit.wire import topic_name

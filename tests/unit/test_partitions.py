@@ -7,8 +7,15 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ddp_kbit.data.partitions import (ConsumedRange, Slice, merge_consumed, plan_epoch, ranges_to_slices, split_ranks,
-                                      subtract)
+from ddp_kbit.data.partitions import (
+    ConsumedRange,
+    Slice,
+    merge_consumed,
+    plan_epoch,
+    ranges_to_slices,
+    split_ranks,
+    subtract,
+)
 from ddp_kbit.errors import PlanError
 
 LAYOUTS = {
