@@ -93,17 +93,6 @@ def config_group(cls, args: argparse.Namespace, extra_sections=()) -> tuple:
     return build_group(cls, file_cfg, overrides(args)), file_cfg
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    # Client libraries log every reconnect attempt; our own errors already say
-    # what failed in one line, so theirs show only at DEBUG.
-    quiet = logging.DEBUG if level == "DEBUG" else logging.CRITICAL
-    for noisy in ("kafka", "librdkafka"):
-        logging.getLogger(noisy).setLevel(quiet)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-
-
 @contextlib.contextmanager
 def kafka_session(cfg: KafkaConfig, run_dir: Path) -> Iterator[KafkaConfig]:
     """Yields a config with reachable bootstrap servers: the given ones, or an

@@ -90,6 +90,11 @@ class KafkaConfig:
             raise ConfigError(f"security_protocol {self.security_protocol} needs --sasl-mechanism")
         positive("request_timeout_s", self.request_timeout_s)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values no log line, report or file may show."""
+        return tuple(s for s in (self.sasl_password, self.ssl_password) if s)
+
     def with_servers(self, servers: str) -> KafkaConfig:
         return dataclasses.replace(self, bootstrap_servers=servers)
 
@@ -110,6 +115,7 @@ class DataConfig:
     poll_records: int = 20_000      # records per poll
     buffer_records: int = 50_000    # per-partition read-ahead before pausing the partition
     decode_records: int = 4096      # records decoded per call (several batches)
+    allow_missing_records: bool = False  # train on what is left when retention deleted planned records
 
     def __post_init__(self):
         one_of("dataset", self.dataset, DATASETS)
@@ -181,9 +187,11 @@ class SparkConfig:
     gpu: bool = False
     conf: tuple[str, ...] = ()       # KEY=VALUE overrides
     conf_dir: str | None = None      # default: the repo's spark_conf/
+    collective_timeout_s: float = 180.0  # no rank waits longer on a collective (a dead peer)
 
     def __post_init__(self):
         positive("num_processes", self.num_processes)
+        positive("collective_timeout_s", self.collective_timeout_s)
         for kv in self.conf:
             if "=" not in kv:
                 raise ConfigError(f"--spark-conf takes KEY=VALUE, got {kv!r}")

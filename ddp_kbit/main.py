@@ -17,7 +17,7 @@ if __package__ in (None, ""):
     # folder that holds the package there instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from ddp_kbit import cli  # noqa: E402
+from ddp_kbit import cli, logs  # noqa: E402
 from ddp_kbit.config import (  # noqa: E402
     MODELS,
     OPTIMIZERS,
@@ -48,6 +48,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     opt("max_bad_fraction", type=float, metavar="F",
         help="stop when more than this fraction of records is malformed; bad records go to <topic>.dlq either way")
     opt("prefetch", type=int, metavar="N", help="batches decoded ahead of the step")
+    opt("allow_missing_records", action="store_true",
+        help="when retention deleted records a manifest covers, train on the rest (counted in the report) "
+             "instead of stopping")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +88,8 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
     opt("gpu", action="store_true", help="one GPU per process (NCCL), pinned memory; loads spark_conf/rapids.conf")
     opt("master", help="Spark master URL (default from spark_conf/spark-defaults.conf: local[N])")
     opt("conf", "--spark-conf", action="append", metavar="KEY=VALUE", help="Spark setting override; repeatable")
+    opt("collective_timeout_s", "--collective-timeout", type=float, metavar="S",
+        help="a rank gives up on a collective (e.g. a dead peer) after this many seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace, job: JobConfig, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     job, _ = cli.config_group(JobConfig, args)
-    cli.setup_logging(job.general.log_level)
+    logs.configure(job.general.log_level, secrets=job.kafka.secrets)
     run_dir = make_run_dir(job.general.run_dir)
     report = run(args, job, run_dir)
     report.setdefault("config", {"kafka": as_dict(job.kafka), "data": as_dict(job.data)})

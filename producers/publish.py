@@ -12,7 +12,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from ddp_kbit import cli
+from ddp_kbit import cli, logs
 from ddp_kbit.config import COMPRESSIONS, DATASETS, GeneralConfig, KafkaConfig, PublishConfig, SyntheticConfig, as_dict
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     job, _ = cli.config_group(PublishJob, args)
-    cli.setup_logging(job.general.log_level)
+    logs.configure(job.general.log_level, secrets=job.kafka.secrets)
     ds = load_dataset(job.publish.dataset, job.publish.split, job.publish.data_dir, job.publish.limit, job.synthetic)
     run_dir = make_run_dir(job.general.run_dir)
     with cli.kafka_session(job.kafka, run_dir) as live:

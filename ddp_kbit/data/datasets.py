@@ -92,9 +92,14 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a dataset file must not be
     able to run code."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("builtins", "dict"), ("builtins", "list")}
+    # What numpy's own pickles (protocols 2 to 5, numpy 1 and 2 module paths) name:
+    # array reconstruction, dtypes, scalars, and _codecs.encode, which protocol 2
+    # uses to carry bytes. None of these can call anything else.
+    _ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")}
+    _ALLOWED |= {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                 ("builtins", "dict"), ("builtins", "list"), ("builtins", "bytearray")}
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -106,8 +111,15 @@ def load_gtsrb(data_dir: Path, split: str) -> Dataset:
     """GTSRB-style pickle ``{"features": (N,H,W,3), "labels": (N,)}`` named
     ``train.p`` / ``test.p`` (or ``.pkl`` / ``.pickle``), or a file path."""
     path = data_dir if data_dir.is_file() else _first_existing(data_dir, [f"{split}{ext}" for ext in (".p", ".pkl", ".pickle")])
-    with open(path, "rb") as fh:
-        obj = _ArrayUnpickler(fh).load()
+    try:
+        with open(path, "rb") as fh:
+            obj = _ArrayUnpickler(fh).load()
+    except DatasetError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, UnicodeDecodeError, OSError) as exc:
+        raise DatasetError(f"{path} is not a readable dataset pickle ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})") from None
     if not isinstance(obj, dict) or "features" not in obj or "labels" not in obj:
         raise DatasetError(f"{path}: expected a dict with 'features' and 'labels'")
     images, labels = np.asarray(obj["features"]), np.asarray(obj["labels"]).astype(np.int64)

@@ -1,5 +1,9 @@
 """Bad records: counted by reason, forwarded once to ``<topic>.dlq`` with where
-they came from and why, and skipped."""
+they came from and why, and skipped.
+
+Once means once per run, however many epochs read the record and however often the
+run restarts: a run starts from what its dead-letter topics already hold
+(:func:`already_forwarded`) and adds what its ranks forward along the way."""
 from __future__ import annotations
 
 import collections
@@ -14,13 +18,34 @@ from ddp_kbit.errors import ClientError, DecodeError
 log = logging.getLogger(__name__)
 
 
+SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET = "ddp_kbit.source.topic", "ddp_kbit.source.partition", "ddp_kbit.source.offset"
+BadKey = tuple  # (topic, partition, offset) of a bad source record
+
+
 def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+def already_forwarded(kcfg: KafkaConfig, topics) -> frozenset:
+    """(topic, partition, offset) of every source record the topics' DLQs hold."""
+    present = kafka.topics(kcfg)
+    out = set()
+    for topic in topics:
+        if dlq_topic(topic) not in present:
+            continue
+        for rec in kafka.read_topic(kcfg, dlq_topic(topic), present[dlq_topic(topic)], headers=True,
+                                    group_id="ddp_kbit.dlq-reader"):
+            h = {k: bytes(v).decode(errors="replace") for k, v in (rec.headers or [])}
+            if SOURCE_TOPIC in h and h.get(SOURCE_PARTITION, "").isdigit() and h.get(SOURCE_OFFSET, "").isdigit():
+                out.add((h[SOURCE_TOPIC], int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET])))
+    return frozenset(out)
+
+
 @dataclass
 class BadRecords:
-    """How many records were read (``seen``) and how many of them were bad, by reason."""
+    """How many records were read (``seen``) and how many of them were bad, by reason.
+    The stream counts as it decodes, for the ``--max-bad-fraction`` stop; the run's
+    report counts distinct source records instead (see ``train.records``)."""
 
     count: int = 0
     seen: int = 0
@@ -47,14 +72,20 @@ class BadRecords:
 
 
 class DeadLetters:
-    """Forwards bad records to ``<topic>.dlq``; the producer is made on first use."""
+    """Forwards bad records to ``<topic>.dlq``, each source record once: ``known``
+    (shared with the caller) holds what was already forwarded. The producer is made
+    on first use."""
 
-    def __init__(self, kcfg: KafkaConfig, producer_factory: Callable | None = None):
+    def __init__(self, kcfg: KafkaConfig, producer_factory: Callable | None = None, known: set | None = None):
         self._kcfg = kcfg
         self._factory = producer_factory or (lambda: kafka.make_producer(kcfg))
         self._producer, self._made = None, set()
+        self.known = known if known is not None else set()
 
     def send(self, tp: tuple, offset: int, value: bytes | None, err: DecodeError) -> None:
+        if (tp[0], tp[1], offset) in self.known:
+            return
+        self.known.add((tp[0], tp[1], offset))
         topic = dlq_topic(tp[0])
         if self._producer is None:
             self._producer = self._factory()
@@ -65,8 +96,8 @@ class DeadLetters:
             except ClientError as exc:
                 log.warning("cannot create %s: %s", topic, exc)
             self._made.add(topic)
-        headers = [("ddp_kbit.source.topic", tp[0].encode()), ("ddp_kbit.source.partition", str(tp[1]).encode()),
-                   ("ddp_kbit.source.offset", str(offset).encode()), ("ddp_kbit.error", str(err).encode()),
+        headers = [(SOURCE_TOPIC, tp[0].encode()), (SOURCE_PARTITION, str(tp[1]).encode()),
+                   (SOURCE_OFFSET, str(offset).encode()), ("ddp_kbit.error", str(err).encode()),
                    ("ddp_kbit.error.reason", err.reason.encode())]
         self._producer.send(topic, value if value is not None else b"", key=str(offset).encode(), headers=headers)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from ddp_kbit import kafka
@@ -153,3 +153,43 @@ def resolve(cfg: KafkaConfig, topic: str, manifest_topic: str = MANIFEST_TOPIC) 
         return found
     log.warning("no manifest for %s; deriving offset ranges from the broker", topic)
     return from_broker(cfg, topic, topics[topic])
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How a manifest's ranges compare with what the broker holds now."""
+
+    missing: tuple  # (partition, start, end): planned offsets the broker no longer (or never) had
+    beyond: int     # records after the manifest's ranges (appended later; not read)
+
+    def describe_missing(self, topic: str) -> str:
+        return ", ".join(f"{topic}[{p}] offsets [{s}, {e})" for p, s, e in self.missing)
+
+
+def coverage(m: Manifest, bounds: dict[int, tuple[int, int]]) -> Coverage:
+    """Pure: ``bounds`` is each partition's (log start, high watermark)."""
+    missing, beyond = [], 0
+    for p, (s, e) in sorted(m.partitions.items()):
+        lo, hi = bounds.get(p, (e, e))
+        if s < min(lo, e):
+            missing.append((p, s, min(lo, e)))
+        if max(hi, s) < e:
+            missing.append((p, max(hi, s, lo), e))
+        beyond += max(0, hi - max(e, lo))
+    return Coverage(tuple(m for m in missing if m[2] > m[1]), beyond)
+
+
+def broker_bounds(cfg: KafkaConfig, m: Manifest) -> dict[int, tuple[int, int]]:
+    with kafka.make_consumer(cfg, group_id="ddp_kbit.manifest-reader") as consumer:
+        bounds = kafka.end_offsets(consumer, [(m.topic, p) for p in sorted(m.partitions)])
+    return {p: b for (_, p), b in bounds.items()}
+
+
+def without(m: Manifest, missing) -> Manifest:
+    """The manifest with the ``missing`` (partition, start, end) ranges cut off its ends."""
+    parts = dict(m.partitions)
+    for p, s, e in missing:
+        lo, hi = parts[p]
+        parts[p] = (e, hi) if s <= lo else (lo, s)
+    parts = {p: (lo, max(lo, hi)) for p, (lo, hi) in parts.items()}
+    return replace(m, partitions=parts, num_samples=sum(hi - lo for lo, hi in parts.values()))

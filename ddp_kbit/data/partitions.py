@@ -177,3 +177,8 @@ def merge_consumed(ranges: Iterable[ConsumedRange]) -> list[ConsumedRange]:
         else:
             out.append(r)
     return out
+
+
+def merge_slices(slices: Iterable[Slice]) -> list[Slice]:
+    """The union of ``slices`` as disjoint, sorted slices."""
+    return [c.slice for c in merge_consumed(ConsumedRange(s.topic, s.partition, s.start, s.end, 0) for s in slices)]

@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 class StreamBatch:
     images: torch.Tensor     # uint8 (N, *shape)
     labels: torch.Tensor     # int64 (N,)
-    used: tuple[Slice, ...]  # the offsets this batch covers (bad records included)
+    used: tuple[Slice, ...]  # the offsets this batch covers (bad records and gaps included)
     good: tuple[int, ...] = ()  # per slice of ``used``: records that decoded and were trained on
-    bad: int = 0
+    bad_records: tuple[tuple[str, int, int, str], ...] = ()  # (topic, partition, offset, reason)
+    missing: int = 0         # planned offsets the log does not hold (compaction, transaction markers)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -104,15 +105,20 @@ class KafkaStreamDataset(IterableDataset):
     """Iterating yields this rank's planned batches for one epoch, then stops."""
 
     def __init__(self, kafka_cfg: KafkaConfig, data: DataConfig, topic: Manifest, plan: RankPlan,
-                 num_classes: int | None = None, pin_memory: bool = False,
+                 num_classes: int | None = None, pin_memory: bool = False, forwarded: set | None = None,
                  consumer_factory: Callable | None = None, producer_factory: Callable | None = None):
+        """``forwarded``: (topic, partition, offset) of bad records already in a DLQ;
+        shared, and added to as this stream forwards more."""
         super().__init__()
         self.kafka, self.data, self.topic, self.plan = kafka_cfg, data, topic, plan
         self.num_classes, self.pin_memory = num_classes, pin_memory
-        self._consumer_factory = consumer_factory or (lambda: kafka.make_consumer(kafka_cfg, group_id="ddp_kbit.train"))
-        self._dead_letters = DeadLetters(kafka_cfg, producer_factory)
+        self._consumer_factory = consumer_factory or (
+            lambda: kafka.make_consumer(kafka_cfg, group_id="ddp_kbit.train", strict=True))
+        self._dead_letters = DeadLetters(kafka_cfg, producer_factory, forwarded)
         self.consumed: list[ConsumedRange] = []  # ranges used in optimizer steps, with their good records
-        self.bad = BadRecords()
+        self.used_bad: list[tuple[str, int, int, str]] = []  # bad records of batches used in steps
+        self.used_missing = 0
+        self.bad = BadRecords()  # as decoded (read-ahead included): for the --max-bad-fraction stop
         self.wait_seconds = 0.0
 
     def __len__(self) -> int:
@@ -126,9 +132,15 @@ class KafkaStreamDataset(IterableDataset):
         used = [ConsumedRange(s.topic, s.partition, s.start, s.end, n, self.plan.rank)
                 for s, n in zip(batch.used, batch.good)]
         self.consumed = merge_consumed([*self.consumed, *used])
+        self.used_bad.extend(batch.bad_records)
+        self.used_missing += batch.missing
 
     # ---------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[StreamBatch]:
+        if torch.utils.data.get_worker_info() is not None:
+            raise StreamError("KafkaStreamDataset reads its planned offsets with its own prefetch thread; "
+                              "DataLoader worker processes would each read the same records. Iterate it directly, "
+                              "or use DataLoader(dataset, batch_size=None, num_workers=0)")
         batches = self.plan.batches
         if not batches:
             return
@@ -188,10 +200,14 @@ class KafkaStreamDataset(IterableDataset):
         good = [[0] * len(batch) for batch in group]
         for b, i in origin:
             good[b][i] += 1
+        missing = [sum(len(p) for p in batch) - (bounds[b + 1] - bounds[b]) for b, batch in enumerate(group)]
+        bad_records = [[] for _ in group]
         for pos, err in decoded.errors:
             b, i = origin[pos]
             good[b][i] -= 1
-            self._dead_letters.send(group[b][i].tp, offs[pos], vals[pos], err)
+            piece = group[b][i]
+            bad_records[b].append((piece.topic, piece.partition, offs[pos], err.reason))
+            self._dead_letters.send(piece.tp, offs[pos], vals[pos], err)
         self.bad.add(len(vals), [err.reason for _, err in decoded.errors])
         self._check_bad_fraction()
         # good rows are in input order, so each batch's rows are one contiguous run
@@ -202,8 +218,8 @@ class KafkaStreamDataset(IterableDataset):
             images = torch.from_numpy(np.ascontiguousarray(decoded.images[a:z]))
             if self.pin_memory:
                 images = images.pin_memory()
-            bad = (bounds[b + 1] - bounds[b]) - (z - a)
-            out.append(StreamBatch(images, torch.from_numpy(decoded.labels[a:z].copy()), batch, tuple(good[b]), bad))
+            out.append(StreamBatch(images, torch.from_numpy(decoded.labels[a:z].copy()), batch, tuple(good[b]),
+                                   tuple(bad_records[b]), missing[b]))
         return out
 
     def _check_stall(self, bufs: _PartitionBuffers, piece: Slice, got_offsets: list) -> None:

@@ -23,9 +23,10 @@ def make_producer(cfg: KafkaConfig, compression: str = "none", **kw) -> RecordPr
     return _ADAPTERS[cfg.client].Producer(cfg, compression, **kw)
 
 
-def make_consumer(cfg: KafkaConfig, group_id: str = "ddp_kbit", **kw) -> RecordConsumer:
-    """No auto-commit, and only ever ``assign``ed; a context manager."""
-    return _ADAPTERS[cfg.client].Consumer(cfg, group_id, **kw)
+def make_consumer(cfg: KafkaConfig, group_id: str = "ddp_kbit", strict: bool = False, **kw) -> RecordConsumer:
+    """No auto-commit, and only ever ``assign``ed; a context manager. ``strict``: an
+    offset the broker no longer has is an error, never a silent jump to the earliest."""
+    return _ADAPTERS[cfg.client].Consumer(cfg, group_id, strict, **kw)
 
 
 def make_admin(cfg: KafkaConfig) -> Admin:

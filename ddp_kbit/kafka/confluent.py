@@ -11,6 +11,7 @@ from ddp_kbit.kafka.protocol import TP, Closing, DeliveryReport, Record, short
 # librdkafka logs to stderr by default; route it through Python logging so a
 # refused connection is one clear error line, not a screenful of retries.
 RDKAFKA_LOG = logging.getLogger("librdkafka")
+log = logging.getLogger(__name__)
 
 
 def settings(cfg: KafkaConfig) -> dict:
@@ -21,6 +22,8 @@ def settings(cfg: KafkaConfig) -> dict:
                 "ssl.certificate.location": cfg.ssl_certfile, "ssl.key.location": cfg.ssl_keyfile,
                 "ssl.key.password": cfg.ssl_password}
     conf.update({k: v for k, v in optional.items() if v is not None})
+    # secrets included: the log handlers redact them (ddp_kbit.logs)
+    log.debug("confluent-kafka settings: %s", {k: v for k, v in conf.items() if k != "logger"})
     return conf
 
 
@@ -63,13 +66,13 @@ class Producer(Closing):
 
 
 class Consumer(Closing):
-    def __init__(self, cfg: KafkaConfig, group_id: str = "ddp_kbit", extra: dict | None = None):
+    def __init__(self, cfg: KafkaConfig, group_id: str = "ddp_kbit", strict: bool = False, extra: dict | None = None):
         from confluent_kafka import Consumer as _Consumer
         from confluent_kafka import TopicPartition
 
         conf = settings(cfg)
         conf.update({"group.id": group_id, "enable.auto.commit": False, "enable.partition.eof": False,
-                     "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024,
+                     "auto.offset.reset": "error" if strict else "earliest", "fetch.max.bytes": 64 * 1024 * 1024,
                      "max.partition.fetch.bytes": 16 * 1024 * 1024, "fetch.wait.max.ms": 100,
                      "queued.min.messages": 200_000})
         conf.update(extra or {})

@@ -22,6 +22,7 @@ def settings(cfg: KafkaConfig) -> dict:
                 "sasl_plain_password": cfg.sasl_password, "ssl_cafile": cfg.ssl_cafile,
                 "ssl_certfile": cfg.ssl_certfile, "ssl_keyfile": cfg.ssl_keyfile, "ssl_password": cfg.ssl_password}
     conf.update({k: v for k, v in optional.items() if v is not None})
+    log.debug("kafka-python settings: %s", conf)  # secrets included: the log handlers redact them
     return conf
 
 
@@ -61,11 +62,12 @@ class Producer(Closing):
 
 
 class Consumer(Closing):
-    def __init__(self, cfg: KafkaConfig, group_id: str = "ddp_kbit", extra: dict | None = None):
+    def __init__(self, cfg: KafkaConfig, group_id: str = "ddp_kbit", strict: bool = False, extra: dict | None = None):
         from kafka import KafkaConsumer, TopicPartition
 
         conf = settings(cfg)
-        conf.update({"group_id": group_id, "enable_auto_commit": False, "auto_offset_reset": "earliest",
+        conf.update({"group_id": group_id, "enable_auto_commit": False,
+                     "auto_offset_reset": "none" if strict else "earliest",
                      "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024,
                      "fetch_max_wait_ms": 100, "max_poll_records": 100_000})
         conf.update(extra or {})

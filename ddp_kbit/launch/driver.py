@@ -3,12 +3,13 @@ restarts from the newest checkpoint, and the JSON report."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
 from ddp_kbit.config import DataConfig, JobConfig, KafkaConfig, PublishConfig, as_dict
 from ddp_kbit.data import manifest
-from ddp_kbit.data.dead_letters import dlq_topic
+from ddp_kbit.data.dead_letters import already_forwarded, dlq_topic
 from ddp_kbit.data.publish import ensure_published
 from ddp_kbit.errors import UserError
 from ddp_kbit.launch import spark
@@ -34,6 +35,27 @@ def resolve_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool) -> dict[
     return {split: manifest.resolve(kcfg, data.topic(split)) for split in ("train", "test")}
 
 
+def check_on_broker(kcfg: KafkaConfig, m: manifest.Manifest, allow_missing: bool) -> tuple[manifest.Manifest, list]:
+    """The manifest as far as the broker still holds it, and the missing ranges.
+    Missing planned records stop the run unless ``allow_missing``; records appended
+    after the manifest are logged, once."""
+    if m.source != "manifest":
+        return m, []
+    cov = manifest.coverage(m, manifest.broker_bounds(kcfg, m))
+    if cov.beyond:
+        log.warning("topic %s holds %d records beyond its manifest (appended after it was written); they are not "
+                    "read: publish them with a new manifest to train on them", m.topic, cov.beyond)
+    if not cov.missing:
+        return m, []
+    if not allow_missing:
+        raise UserError(f"records the manifest of {m.topic} covers are not on the broker: "
+                        f"{cov.describe_missing(m.topic)} (deleted by retention?); pass --allow-missing-records "
+                        "to train on the rest")
+    log.warning("training without %s: not on the broker (--allow-missing-records)", cov.describe_missing(m.topic))
+    return manifest.without(m, cov.missing), [{"topic": m.topic, "partition": p, "start": s, "end": e}
+                                              for p, s, e in cov.missing]
+
+
 def check_compatible(train: manifest.Manifest, test: manifest.Manifest, data: DataConfig) -> int:
     """The manifests are the source of truth; a flag that contradicts one is the
     error. Returns the class count."""
@@ -52,6 +74,7 @@ def check_compatible(train: manifest.Manifest, test: manifest.Manifest, data: Da
 
 
 def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path) -> RunSpec:
+    """``manifests``: train and test, as far as the broker holds them."""
     train, test = manifests["train"], manifests["test"]
     classes = check_compatible(train, test, job.data)
     ckpt_dir = Path(job.checkpoint.dir).expanduser().resolve() if job.checkpoint.dir else run_dir / "checkpoints"
@@ -65,6 +88,7 @@ def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path
                    checkpoint=replace(job.checkpoint, dir=str(ckpt_dir)), train_topic=train, test_topic=test,
                    num_classes=classes, run_dir=str(run_dir), log_level=job.general.log_level,
                    progress=job.general.progress, use_gpu=job.spark.gpu,
+                   collective_timeout_s=job.spark.collective_timeout_s,
                    resume_from=str(found) if job.checkpoint.resume else None)
 
 
@@ -73,10 +97,15 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
     restarts = 0
     while True:
         clear_failures(spec.run_dir)
+        # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
+        spec = replace(spec, dead_lettered=already_forwarded(spec.kafka, [spec.train_topic.topic,
+                                                                          spec.test_topic.topic]))
         try:
             return spark.launch(job.spark, train_fn, spec), restarts
         except Exception as exc:
-            reason = rank_failure(spec.run_dir) or last_line(exc)
+            # the launcher's whole error (Spark and torchrun output) for whoever wants more than one line
+            (Path(spec.run_dir) / f"launch-error.attempt{restarts}.txt").write_text(str(exc))
+            reason = describe_failure(str(exc), rank_failures(spec.run_dir), started_ranks(spec.run_dir))
             if restarts >= job.checkpoint.max_restarts:
                 raise UserError(f"training failed after {restarts} restart(s): {reason}") from None
             found = checkpoint.latest(spec.checkpoint.dir)
@@ -87,43 +116,96 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
 
 
 def clear_failures(run_dir: str) -> None:
-    for f in Path(run_dir).glob("failure.rank*.txt"):
+    for f in [*Path(run_dir).glob("failure.rank*.txt"), *Path(run_dir).glob("rank*.pid")]:
         f.unlink(missing_ok=True)
 
 
-def rank_failure(run_dir: str) -> str | None:
-    """The first failure a rank wrote (others usually fail because it did)."""
-    found = sorted(Path(run_dir).glob("failure.rank*.txt"), key=lambda f: f.stat().st_mtime)
-    return found[0].read_text().strip().splitlines()[0][:500] if found else None
+def rank_failures(run_dir: str) -> dict[int, str]:
+    """Rank -> the one line its failure file holds, oldest first."""
+    files = sorted(Path(run_dir).glob("failure.rank*.txt"), key=lambda f: f.stat().st_mtime)
+    out = {}
+    for f in files:
+        text = f.read_text().strip()
+        if text and f.stem.removeprefix("failure.rank").isdigit():
+            out[int(f.stem.removeprefix("failure.rank"))] = text.splitlines()[0][:500]
+    return out
 
 
-def last_line(exc: BaseException) -> str:
+def started_ranks(run_dir: str) -> set[int]:
+    """Ranks that started and did not finish cleanly (each leaves rank<N>.pid until it does)."""
+    return {int(f.stem[4:]) for f in Path(run_dir).glob("rank*.pid") if f.stem[4:].isdigit()}
+
+
+_BLOCK = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((SIG[A-Z0-9]+)\))?[ \t]*\n")
+_ROOT = "Root Cause (first observed failure)"
+_BARRIER = re.compile(r"barrier task ResultTask\(\d+, (\d+)\) finished unsuccessfully")
+
+
+def describe_failure(text: str, failures: dict[int, str], started: set[int] = frozenset()) -> str:
+    """Which rank failed first and how (its own error, or the signal or exit code
+    that ended it), then what the other ranks said. ``text``: the launcher's error,
+    which carries torchrun's failure summary; ``failures``: the ranks' own lines;
+    ``started``: ranks that began but never finished (a rank killed outright leaves
+    no line of its own)."""
+    how = {int(m.group(1)): (int(m.group(2)), m.group(3)) for m in _BLOCK.finditer(text)}
+    root_at = text.find(_ROOT)
+    root = _BLOCK.search(text, root_at) if root_at >= 0 else None
+    barrier = _BARRIER.search(text)   # barrier mode: the task (= rank) Spark saw fail first
+    silent = sorted(started - set(failures))
+    if root is not None and (int(root.group(1)) in failures or int(root.group(1)) in silent):
+        first = int(root.group(1))
+    elif barrier is not None and (int(barrier.group(1)) in failures or int(barrier.group(1)) in silent):
+        first = int(barrier.group(1))
+    elif silent:
+        first = silent[0]
+    elif failures:
+        first = next(iter(failures))
+    else:
+        return last_line(text)
+    head = failures.get(first) or _how_it_ended(first, *how.get(first, (None, None)))
+    others = [line for r, line in failures.items() if r != first]
+    return head + "".join(f"; then {line}" for line in others[:2])
+
+
+def _how_it_ended(rank: int, code: int | None, signame: str | None) -> str:
+    if signame or (code is not None and code < 0):
+        return f"rank {rank} was killed by {signame or f'signal {-code}'} (exit code {code})"
+    if code is not None:
+        return f"rank {rank} exited with code {code} without a Python error"
+    return f"rank {rank} died without a Python error (killed by a signal such as SIGKILL, or out of memory)"
+
+
+def last_line(text: str) -> str:
     """The most telling line of a worker failure: its final exception line."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "Error" in ln or "Exception" in ln:
             return ln[:500]
-    return (lines[-1] if lines else type(exc).__name__)[:500]
+    return (lines[-1] if lines else "unknown failure")[:500]
 
 
-def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict], restarts: int, dlq: str) -> dict:
+def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict], restarts: int, dlq: str,
+                 missing: list) -> dict:
     result, where = launched
     config = {"kafka": as_dict(kcfg), "data": as_dict(job.data), "train": as_dict(job.train),
               "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark)}
     return {"mode": "train", "config": config, "spark": where, "world_size": result["world_size"],
             "restarts": restarts, "epochs": result["epochs"], "final": result["final"],
-            "bad_records": {**result["bad_records"], "dlq_topic": dlq}}
+            "bad_records": {**result["bad_records"], "dlq_topic": dlq}, "missing_records": missing}
 
 
 def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path) -> dict:
     """``kcfg``: the job's Kafka config with reachable servers (the embedded broker's, if any)."""
-    manifests = resolve_topics(kcfg, job.data, job.general.progress)
+    manifests, missing = {}, []
+    for split, m in resolve_topics(kcfg, job.data, job.general.progress).items():
+        manifests[split], gone = check_on_broker(kcfg, m, job.data.allow_missing_records)
+        missing += gone
     spec = build_spec(job, kcfg, manifests, run_dir)
     log.info("training on %s (%d records, %d partitions), testing on %s; %d processes, %s",
              manifests["train"].topic, manifests["train"].record_count, len(manifests["train"].partitions),
              manifests["test"].topic, job.spark.num_processes, "barrier mode" if job.spark.distributed else "local mode")
     launched, restarts = run_with_restarts(job, spec)
-    return train_report(job, kcfg, launched, restarts, dlq_topic(manifests["train"].topic))
+    return train_report(job, kcfg, launched, restarts, dlq_topic(manifests["train"].topic), missing)
 
 
 def run_publish(job: JobConfig, kcfg: KafkaConfig) -> dict:

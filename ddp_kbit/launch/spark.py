@@ -7,9 +7,12 @@ from the newest checkpoint instead, up to --max-restarts.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ddp_kbit.config import SparkConfig
@@ -137,7 +140,47 @@ def launch(cfg: SparkConfig, train_fn, spec) -> tuple[dict, dict]:
     distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=not cfg.distributed,
                                    use_gpu=cfg.gpu)
     distributor.logger.setLevel(logging.WARNING)
-    return distributor.run(train_fn, spec), where
+    if not cfg.distributed:  # local mode: Ctrl-C raises at once and the torchrun child is terminated
+        return distributor.run(train_fn, spec), where
+    with cancel_on_interrupt(sc):
+        return distributor.run(train_fn, spec), where
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt(sc):
+    """Ctrl-C while a Spark job runs: cancel the job from another thread (py4j is not
+    reentrant, so pyspark's own handler, which cancels from inside the signal handler,
+    prints py4j tracebacks), silence the JVM and our logs, and raise KeyboardInterrupt
+    once the job is gone. A second Ctrl-C raises at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        logging.disable(logging.CRITICAL)
+        threading.Thread(target=_cancel_all, args=(sc,), daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except Exception:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+def _cancel_all(sc) -> None:
+    with contextlib.suppress(Exception):
+        sc.setLogLevel("OFF")
+        sc.cancelAllJobs()
 
 
 def stop_session() -> None:

@@ -7,13 +7,16 @@ failed rank never leaves its peers waiting in a collective.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
 
-def init_distributed(use_cuda: bool) -> tuple[int, int, torch.device]:
+def init_distributed(use_cuda: bool, timeout_s: float = 180.0) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); every collective of the group gives up after
+    ``timeout_s``, so a rank whose peer died never waits longer."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
@@ -23,7 +26,7 @@ def init_distributed(use_cuda: bool) -> tuple[int, int, torch.device]:
         device = torch.device("cpu")
         torch.set_num_threads(cpu_threads(world))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return rank, world, device
 
 

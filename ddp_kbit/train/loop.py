@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.metrics import Accuracy, Loss
 
+from ddp_kbit import logs
 from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
 from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import Slice, plan_epoch, ranges_to_slices, subtract
@@ -48,7 +50,9 @@ class RunSpec:
     log_level: str = "INFO"
     progress: bool = True
     use_gpu: bool = False
+    collective_timeout_s: float = 180.0
     resume_from: str | None = None
+    dead_lettered: frozenset = frozenset()   # (topic, partition, offset) already in a DLQ
 
     @property
     def train_slices(self) -> list[Slice]:
@@ -136,31 +140,33 @@ def make_evaluator(model, device) -> Engine:
 
 
 # ------------------------------------------------------------------ the rank's main
-def failure_path(run_dir: str, rank: int) -> Path:
-    return Path(run_dir) / f"failure.rank{rank}.txt"
-
-
 def train_fn(spec: RunSpec) -> dict | None:
-    """Entry point of each rank. A failure's reason is left in the run directory:
-    TorchDistributor's own error only says "see the logs"."""
+    """Entry point of each rank. It leaves ``rank<N>.pid`` in the run directory
+    while it runs, and on a Python error ``failure.rank<N>.txt`` with the reason:
+    TorchDistributor's own error only says "see the logs", and a rank killed
+    outright is known by the pid file it never removed."""
+    rank = int(os.environ.get("RANK", 0))
+    run_dir = Path(spec.run_dir)
+    with contextlib.suppress(OSError):
+        (run_dir / f"rank{rank}.pid").write_text(f"{os.getpid()} {socket.gethostname()}")
     try:
-        return _train(spec)
+        result = _train(spec)
     except BaseException as exc:
-        rank = int(os.environ.get("RANK", 0))
         with contextlib.suppress(OSError):
-            failure_path(spec.run_dir, rank).write_text(f"rank {rank}: {type(exc).__name__}: {exc}")
+            (run_dir / f"failure.rank{rank}.txt").write_text(f"rank {rank}: {type(exc).__name__}: {exc}")
         raise
     finally:
         dist.teardown()
+    (run_dir / f"rank{rank}.pid").unlink(missing_ok=True)
+    return result
 
 
 def _train(spec: RunSpec) -> dict | None:
     use_cuda = spec.use_gpu and torch.cuda.is_available()
-    rank, world, device = dist.init_distributed(use_cuda)
-    # force: a Spark python worker may already have configured logging (lines would repeat)
-    logging.basicConfig(level=spec.log_level, force=True,
-                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ignite").setLevel(logging.WARNING)  # it logs every engine start/stop
+    rank, world, device = dist.init_distributed(use_cuda, spec.collective_timeout_s)
+    # forced: a Spark python worker may already have configured logging (lines would repeat)
+    logs.configure(spec.log_level, f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+                   secrets=spec.kafka.secrets)
     log.info("rank %d/%d on %s: %d torch threads, cpus %s, OMP_NUM_THREADS=%s", rank, world, device,
              torch.get_num_threads(), sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))
     rt = RankTrainer(spec, rank, world, device, use_cuda)
@@ -193,16 +199,18 @@ class RankTrainer:
                         "scaler": self.scaler}
         self.checkpointer = checkpoint.checkpointer(spec.checkpoint.dir, self.to_save, spec.checkpoint.keep)
         self.final_eval: dict | None = None
+        self.forwarded = set(spec.dead_lettered)  # shared with the streams' dead-letter producers
 
     def restore(self, path: str) -> None:
         checkpoint.restore(path, self.to_save)
+        self.forwarded |= {(t, p, o) for t, p, o, _ in self.run.bad_records}
         if self.rank == 0:
             log.info("resumed from %s: epoch %d, step %d, %d ranges already used", path, self.run.epoch + 1,
                      self.run.global_step, len(self.run.consumed))
 
     def stream(self, topic: Manifest, plan) -> KafkaStreamDataset:
         return KafkaStreamDataset(self.spec.kafka, self.spec.data, topic, plan, num_classes=self.spec.num_classes,
-                                  pin_memory=self.pin_memory)
+                                  pin_memory=self.pin_memory, forwarded=self.forwarded)
 
     def evaluate(self) -> dict:
         plan = plan_epoch(self.spec.test_slices, self.world, self.cfg.eval_batch_size)[self.rank]
@@ -240,6 +248,8 @@ class RankTrainer:
             trainer.fire_event(Events.STARTED)
         stats = self.snapshot(start, trainer, ds, t0)
         self.final_eval = self.evaluate()
+        # what every rank forwarded this epoch: no later epoch forwards it again
+        self.forwarded = set().union(*dist.gather(self.forwarded))
         record = epoch_record(epoch, stats, self.world, self.run.consumed, self.final_eval)
         if self.rank == 0:
             log.info("epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f  %.0f samples/s  data wait %.1f%%",
@@ -253,11 +263,12 @@ class RankTrainer:
         """Bring ``self.run`` up to this point of the epoch, over all ranks
         (a collective: every rank calls it at the same step). Returns the epoch's stats."""
         now = EpochStats.from_list(dist.all_sum(
-            [float(engine.state.loss_sum), engine.state.samples, ds.wait_seconds, time.perf_counter() - t0],
-            self.device))
+            [float(engine.state.loss_sum), engine.state.samples, ds.wait_seconds, time.perf_counter() - t0,
+             len(ds.used_bad), ds.used_missing], self.device))
+        consumed, bad = zip(*dist.gather((ds.consumed, ds.used_bad)))
         self.run.global_step = engine.state.global_step
-        self.run.consumed = start.consumed + [c for part in dist.gather(ds.consumed) for c in part]
-        self.run.bad = sum(dist.gather(ds.bad), start.bad)
+        self.run.consumed = start.consumed + [c for part in consumed for c in part]
+        self.run.bad_records = start.bad_records + [b for part in bad for b in part]
         self.run.partial = start.partial + now
         return self.run.partial
 

@@ -5,10 +5,12 @@ with ``torch.load(weights_only=True)`` and a report is plain JSON.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 from dataclasses import dataclass, field
 
 from ddp_kbit.data.dead_letters import BadRecords
-from ddp_kbit.data.partitions import ConsumedRange
+from ddp_kbit.data.partitions import ConsumedRange, merge_slices
 from ddp_kbit.errors import CheckpointError
 
 CHECKPOINT_VERSION = 1
@@ -22,21 +24,25 @@ class EpochStats:
     samples: int = 0
     wait_s: float = 0.0      # seconds the step waited for data
     seconds: float = 0.0     # each rank's wall seconds, summed over ranks
+    bad: int = 0             # bad records skipped
+    missing: int = 0         # planned offsets the log did not hold
 
     def __add__(self, other: EpochStats) -> EpochStats:
-        return EpochStats(self.loss_sum + other.loss_sum, self.samples + other.samples,
-                          self.wait_s + other.wait_s, self.seconds + other.seconds)
+        return EpochStats(*(a + b for a, b in zip(self.values(), other.values())))
+
+    def values(self) -> list:
+        return [self.loss_sum, self.samples, self.wait_s, self.seconds, self.bad, self.missing]
 
     @classmethod
     def from_list(cls, v) -> EpochStats:
-        return cls(float(v[0]), int(round(v[1])), float(v[2]), float(v[3]))
+        return cls(float(v[0]), round(v[1]), float(v[2]), float(v[3]), round(v[4]), round(v[5]))
 
     def to_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum, "samples": self.samples, "wait_s": self.wait_s, "seconds": self.seconds}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> EpochStats:
-        return cls(float(d["loss_sum"]), int(d["samples"]), float(d["wait_s"]), float(d["seconds"]))
+        return cls(**d)
 
 
 def epoch_record(epoch: int, stats: EpochStats, world: int, consumed: list[ConsumedRange], ev: dict) -> dict:
@@ -46,7 +52,20 @@ def epoch_record(epoch: int, stats: EpochStats, world: int, consumed: list[Consu
             "val_accuracy": ev["val_accuracy"], "samples": int(stats.samples), "seconds": wall,
             "samples_per_s": stats.samples / max(wall, 1e-9),
             "data_wait_fraction": stats.wait_s / max(stats.seconds, 1e-9),
+            "bad_records": stats.bad, "missing_records": stats.missing,
             "consumed": [c.to_dict() for c in sorted(consumed, key=lambda c: (c.topic, c.partition, c.start))]}
+
+
+def distinct_bad(bad_records) -> BadRecords:
+    """Counts of distinct bad source records, from (topic, partition, offset, reason) entries."""
+    unique = {(t, p, o): reason for t, p, o, reason in bad_records}
+    return BadRecords(len(unique), 0, collections.Counter(unique.values()))
+
+
+def distinct_seen(consumed_lists) -> int:
+    """Distinct offsets covered by all these consumed ranges (any epoch, any rank)."""
+    slices = [c.slice for consumed in consumed_lists for c in consumed]
+    return sum(len(s) for s in merge_slices(slices))
 
 
 @dataclass
@@ -55,21 +74,31 @@ class RunProgress:
 
     ``consumed`` holds every rank's ranges of the current epoch that already went
     into an optimizer step, so a resumed run (on any number of ranks) plans
-    exactly the rest. ``belongs_to`` says which topics, ranges, model and sample
-    type the checkpoint is for; resuming anything else is refused."""
+    exactly the rest. ``bad_records`` lists each distinct bad source record once
+    (topic, partition, offset, reason). ``belongs_to`` says which topics, ranges,
+    model and sample type the checkpoint is for; resuming anything else is refused."""
 
     epoch: int = 0
     global_step: int = 0
     consumed: list[ConsumedRange] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
-    bad: BadRecords = field(default_factory=BadRecords)
+    bad_records: list[tuple] = field(default_factory=list)
     partial: EpochStats = field(default_factory=EpochStats)  # stats of this epoch before a resume
     belongs_to: dict = field(default_factory=dict)
+
+    @property
+    def bad(self) -> BadRecords:
+        """Distinct bad source records and distinct records read, over the whole run."""
+        counts = distinct_bad(self.bad_records)
+        counts.seen = distinct_seen([self.consumed, *[[ConsumedRange.from_dict(c) for c in e["consumed"]]
+                                                      for e in self.history]])
+        return counts
 
     def state_dict(self) -> dict:
         return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "global_step": self.global_step,
                 "consumed": [c.to_dict() for c in self.consumed], "history": self.history,
-                "bad": self.bad.to_dict(), "partial": self.partial.to_dict(), "belongs_to": self.belongs_to}
+                "bad_records": [list(b) for b in self.bad_records], "partial": self.partial.to_dict(),
+                "belongs_to": self.belongs_to}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != CHECKPOINT_VERSION:
@@ -80,7 +109,8 @@ class RunProgress:
             raise CheckpointError(f"checkpoint is for another run: {mismatch}")
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.consumed = [ConsumedRange.from_dict(c) for c in state["consumed"]]
-        self.history, self.bad = list(state["history"]), BadRecords.from_dict(state["bad"])
+        self.history = list(state["history"])
+        self.bad_records = [tuple(b) for b in state["bad_records"]]
         self.partial = EpochStats.from_dict(state["partial"])
 
 

@@ -59,7 +59,10 @@ def test_parent_killed_hard_takes_broker_with_it(tmp_path):
 def test_ctrl_c_stops_broker(tmp_path):
     code = ("import time; from ddp_kbit.kafka.broker import EmbeddedBroker\n"
             f"with EmbeddedBroker({str(tmp_path)!r}) as b:\n    print(b.proc.pid, flush=True); time.sleep(60)\n")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell's background job (nohup, &) ignores
+    # it, children inherit that, and Python would then never raise KeyboardInterrupt
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pid = int(parent.stdout.readline())
     parent.send_signal(signal.SIGINT)
     parent.wait(10)

@@ -8,16 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-import chaos
 import pytest
 import torch
+from runs import assert_exact_epochs, train, write_topic
 
 from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
-from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
-from ddp_kbit.wire import get_codec
 
 pytestmark = pytest.mark.slow
 TRAIN_N, TEST_N = 2400, 600
@@ -33,56 +31,6 @@ def topics(kcfg):
                                         partitions=4), ds, progress=False)
         out[split] = r.manifest
     return out
-
-
-def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt: str = "protobuf"):
-    """Partition p gets counts[p] Fashion-MNIST samples (some replaced by garbage), plus a manifest."""
-    ds = load_dataset("fashion-mnist", "train", limit=sum(counts))
-    with kafka.make_admin(kcfg) as admin:
-        admin.create_topic(topic, len(counts))
-    codec, i = get_codec(fmt), 0
-    with kafka.make_producer(kcfg) as producer:
-        for p, n in enumerate(counts):
-            for _ in range(n):
-                value = b"\x07not a sample" if i in bad else codec.encode_array(i, int(ds.labels[i]), ds.images[i])
-                producer.send(topic, value, key=str(i).encode(), partition=p, headers=codec.headers)
-                i += 1
-        assert producer.flush(30) == 0
-        ranges = {p: tuple(r) for (t, p), r in producer.report.ranges.items()}
-    m = manifest.Manifest(topic=topic, dataset="fashion-mnist", split="train", format=fmt, layout="bytes",
-                          num_samples=sum(counts), shape=(28, 28), dtype="uint8", num_classes=10,
-                          class_names=None, partitions=ranges)
-    manifest.write(kcfg, m)
-    return m
-
-
-def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None):
-    cmd = [sys.executable, "-m", "ddp_kbit.main", "--mode", "train", "--bootstrap-servers", kcfg.bootstrap_servers,
-           "--format", "protobuf", "--batch-size", "64", "--eval-batch-size", "200", "--no-progress",
-           "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
-    if crash_at is not None:
-        cmd += ["--handler", "chaos:crash_at_step"]
-    env = chaos.env(crash_at) if crash_at is not None else None
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert r.returncode == expect_rc, r.stdout[-3000:] + r.stderr[-5000:]
-    if expect_rc:
-        return r
-    return json.loads((tmp_path / "report.json").read_text())
-
-
-def assert_exact_epochs(report, m: manifest.Manifest, bad: int = 0):
-    """Each epoch's consumed ranges tile the manifest: every offset exactly once."""
-    for e in report["epochs"]:
-        seen = {}
-        for c in e["consumed"]:
-            assert c["topic"] == m.topic
-            seen.setdefault(c["partition"], []).append((c["start"], c["end"]))
-        assert sorted(seen) == sorted(m.partitions)
-        for p, (start, end) in m.partitions.items():
-            ivs = sorted(seen[p])
-            assert ivs[0][0] == start and ivs[-1][1] == end
-            assert all(a[1] == b[0] for a, b in zip(ivs, ivs[1:])), f"gap or overlap in partition {p}: {ivs}"
-        assert sum(c["count"] for c in e["consumed"]) == e["samples"] == m.record_count - bad
 
 
 def test_local_mode_trains_and_report_matches(kcfg, topics, tmp_path):

@@ -99,3 +99,21 @@ def test_synthetic_is_seeded_and_shaped():
 def test_unknown_dataset_lists_allowed():
     with pytest.raises(DatasetError, match="fashion-mnist, mnist, gtsrb, npz, synthetic"):
         load_dataset("cifar")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_gtsrb_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
+    feats = np.random.default_rng(1).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    with open(tmp_path / "train.p", "wb") as fh:
+        pickle.dump({"features": feats, "labels": np.array([0, 1, 2])}, fh, protocol=protocol)
+    ds = load_dataset("gtsrb", "train", tmp_path)
+    np.testing.assert_array_equal(ds.images, feats)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 20, -5])
+def test_gtsrb_truncated_or_corrupt_pickle_is_one_clear_error(tmp_path, cut):
+    feats = np.zeros((3, 4, 4, 3), np.uint8)
+    raw = pickle.dumps({"features": feats, "labels": np.array([0, 1, 2])}, protocol=2)
+    (tmp_path / "train.p").write_bytes(raw[:cut] if cut else b"\x80\x02garbage")
+    with pytest.raises(DatasetError, match=r"train.p is not a readable dataset pickle"):
+        load_dataset("gtsrb", "train", tmp_path)

@@ -124,7 +124,8 @@ def test_bad_records_are_counted_forwarded_and_skipped():
     plan = plan_epoch([Slice("t", 0, 0, 300)], 1, 50)[0]
     ds = dataset(logs, plan, producer=producer, max_bad_fraction=0.1)
     batches = list(ds)
-    assert sum(len(b) for b in batches) == 298 and batches[0].bad == 1 and batches[0].good == (49,)
+    assert sum(len(b) for b in batches) == 298 and batches[0].good == (49,)
+    assert batches[0].bad_records == (("t", 0, 5, "malformed"),) and batches[1].bad_records == ((("t", 0, 77, "malformed"),))
     assert ds.bad.count == 2 and ds.bad.seen == 300 and sum(ds.bad.by_reason.values()) == 2
     assert [(t, h["ddp_kbit.source.offset"]) for t, _, h in producer.sent] == [("t.dlq", b"5"), ("t.dlq", b"77")]
     assert producer.sent[0][1] == b"\x00garbage" and producer.sent[0][2]["ddp_kbit.source.partition"] == b"0"

@@ -1,0 +1,68 @@
+"""Helpers the integration tests share: write a topic with a plain producer, run
+the training CLI as a user would, and check that epochs are exact."""
+import json
+import subprocess
+import sys
+
+import chaos
+
+from ddp_kbit import kafka
+from ddp_kbit.data import manifest
+from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.wire import get_codec
+
+
+def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt: str = "protobuf"):
+    """Partition p gets counts[p] Fashion-MNIST samples (some replaced by garbage), plus a manifest."""
+    ds = load_dataset("fashion-mnist", "train", limit=sum(counts))
+    with kafka.make_admin(kcfg) as admin:
+        admin.create_topic(topic, len(counts))
+    codec, i = get_codec(fmt), 0
+    with kafka.make_producer(kcfg) as producer:
+        for p, n in enumerate(counts):
+            for _ in range(n):
+                value = b"\x07not a sample" if i in bad else codec.encode_array(i, int(ds.labels[i]), ds.images[i])
+                producer.send(topic, value, key=str(i).encode(), partition=p, headers=codec.headers)
+                i += 1
+        assert producer.flush(30) == 0
+        ranges = {p: tuple(r) for (t, p), r in producer.report.ranges.items()}
+    m = manifest.Manifest(topic=topic, dataset="fashion-mnist", split="train", format=fmt, layout="bytes",
+                          num_samples=sum(counts), shape=(28, 28), dtype="uint8", num_classes=10,
+                          class_names=None, partitions=ranges)
+    manifest.write(kcfg, m)
+    return m
+
+
+def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None, kill_at=None, kill_rank=1):
+    """The CLI as a user runs it (no --format: the manifests say what the topics hold).
+    ``crash_at``: rank 0 raises at that global step; ``kill_at``: ``kill_rank`` is SIGKILLed."""
+    cmd = [sys.executable, "-m", "ddp_kbit.main", "--mode", "train", "--bootstrap-servers", kcfg.bootstrap_servers,
+           "--batch-size", "64", "--eval-batch-size", "200", "--no-progress",
+           "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
+    env = None
+    if crash_at is not None:
+        cmd, env = cmd + ["--handler", "chaos:crash_at_step"], chaos.env(crash_at)
+    if kill_at is not None:
+        cmd, env = cmd + ["--handler", "chaos:kill_at_step"], chaos.env(kill_at, kill_rank)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == expect_rc, r.stdout[-3000:] + r.stderr[-5000:]
+    if expect_rc:
+        return r
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+def assert_exact_epochs(report, m: manifest.Manifest, bad: int = 0):
+    """Each epoch's consumed ranges tile the manifest: every offset exactly once,
+    and every valid record went into a step exactly once."""
+    for e in report["epochs"]:
+        seen = {}
+        for c in e["consumed"]:
+            assert c["topic"] == m.topic
+            seen.setdefault(c["partition"], []).append((c["start"], c["end"]))
+        assert sorted(seen) == sorted(m.partitions)
+        for p, (start, end) in m.partitions.items():
+            ivs = sorted(seen[p])
+            assert ivs[0][0] == start and ivs[-1][1] == end
+            assert all(a[1] == b[0] for a, b in zip(ivs, ivs[1:])), f"gap or overlap in partition {p}: {ivs}"
+        assert sum(c["count"] for c in e["consumed"]) == e["samples"] == m.record_count - bad
+        assert e["bad_records"] == bad and e["missing_records"] == 0
