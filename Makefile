@@ -1,5 +1,5 @@
 # Convenience wrappers; the scripts work without make.
-.PHONY: setup run test proto bench-publish
+.PHONY: setup run test proto experiment
 setup:
 	bash scripts/setup.sh
 run:
@@ -8,5 +8,5 @@ test:
 	bash scripts/test.sh
 proto:  # regenerate schemas/sample_pb2.py after editing schemas/sample.proto
 	cd schemas && ../.venv/bin/python -m grpc_tools.protoc -I. --python_out=. sample.proto
-bench-publish:
-	.venv/bin/python bench/publish.py
+experiment:  # the default study (experiments/formats.toml); PRESET=compression etc. for another
+	.venv/bin/python -m ddp_kbit.main --mode experiment --preset $(or $(PRESET),formats)

@@ -12,6 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["ddp_kbit", "ddp_kbit.*", "producers", "schemas"]),
+    # spark_conf/ and experiments/ are read from the source tree (pip install -e .), beside the package
     package_data={"schemas": ["*.avsc", "*.proto", "*.json"]},
     install_requires=[
         # scripts/setup.sh installs torch==2.13.0 (CPU) first: an unpinned torch pulls a multi-GB CUDA build.
@@ -21,6 +22,7 @@ setup(
         "pyarrow>=18",          # TorchDistributor needs it
         "pandas<3",             # pyspark warns on pandas 3
         "numpy",
+        "scipy>=1.11",          # bootstrap confidence intervals of the experiment mode
         "confluent-kafka>=2.3",
         "kafka-python>=2.2",
         "crc32c",               # 10x faster kafka-python consume

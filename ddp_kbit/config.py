@@ -244,6 +244,51 @@ class SyntheticConfig:
         one_of("dtype", self.dtype, ("uint8", "float32"))
 
 
+WORKLOADS = ("publish", "ingest", "train")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A study: a grid of conditions, each measured ``iterations`` times (after
+    ``warmup`` unrecorded-in-statistics ones). A preset (``experiments/<name>.toml``)
+    sets these; the config file's ``[experiment]`` and flags override it."""
+
+    preset: str = "formats"
+    description: str = ""
+    formats: tuple[str, ...] = FORMATS
+    layouts: tuple[str, ...] = ("bytes",)
+    compressions: tuple[str, ...] = ("none",)
+    clients: tuple[str, ...] = ("confluent",)
+    workloads: tuple[str, ...] = ("publish", "ingest")
+    num_processes: tuple[int, ...] = (1,)
+    iterations: int = 10
+    warmup: int = 1
+    limit: int | None = None        # records per topic; default the whole split
+    epochs: int = 1                 # of the train workload
+    partitions: int = 4             # of the topics the study publishes
+    output_dir: str | None = None   # default <run dir>/experiment
+    seed: int = 0                   # bootstrap resampling
+    confidence: float = 0.95
+
+    def __post_init__(self):
+        for name, allowed in (("formats", FORMATS), ("layouts", LAYOUTS), ("compressions", COMPRESSIONS),
+                              ("clients", CLIENTS), ("workloads", WORKLOADS)):
+            values = getattr(self, name)
+            if not values:
+                raise ConfigError(f"{name} must name at least one of {', '.join(allowed)}")
+            for v in values:
+                one_of(name[:-1], v, allowed)
+        for n in self.num_processes:
+            positive("num_processes", n)
+        for name in ("iterations", "epochs", "partitions"):
+            positive(name, getattr(self, name))
+        positive("warmup", self.warmup, allow_zero=True)
+        if self.limit is not None:
+            positive("limit", self.limit)
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence must be within 0..1; got {self.confidence}")
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything ``ddp-kbit`` runs with, one part per section (torchtitan-style)."""
@@ -254,6 +299,7 @@ class JobConfig:
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     spark: SparkConfig = SparkConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
 
 
 def sections_of(cls) -> dict[str, type]:

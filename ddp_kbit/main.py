@@ -4,6 +4,7 @@
     python -m ddp_kbit.main --mode train --distributed    # ranks as Spark barrier tasks
     spark-submit ddp_kbit/main.py --mode train --distributed --bootstrap-servers kafka:9092
     python -m ddp_kbit.main --mode publish                # only make sure the topics exist
+    python -m ddp_kbit.main --mode experiment --iterations 10   # which wire format costs what
 """
 from __future__ import annotations
 
@@ -19,20 +20,51 @@ if __package__ in (None, ""):
 
 from ddp_kbit import cli, logs  # noqa: E402
 from ddp_kbit.config import (  # noqa: E402
+    CLIENTS,
+    COMPRESSIONS,
     MODELS,
     OPTIMIZERS,
     SCHEDULES,
+    WORKLOADS,
     CheckpointConfig,
     DataConfig,
+    ExperimentConfig,
     JobConfig,
     SparkConfig,
     TrainConfig,
     as_dict,
+    build_group,
+    load_config_file,
+    sections_of,
 )
+from ddp_kbit.errors import ConfigError  # noqa: E402
+from ddp_kbit.experiment import presets  # noqa: E402
 from ddp_kbit.files import make_run_dir, write_json  # noqa: E402
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS  # noqa: E402
 
-MODES = ("train", "publish")
+MODES = ("train", "publish", "experiment")
+
+
+def names(allowed):
+    """argparse type: a comma-separated list of names, each one of ``allowed``."""
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [x for x in items if x not in allowed]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(f"{', '.join(bad) or 'nothing'} not in {', '.join(allowed)}")
+        return items
+    return parse
+
+
+def counts(text: str) -> tuple[int, ...]:
+    """argparse type: one positive integer, or several separated by commas."""
+    try:
+        items = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,M,...; got {text!r}") from None
+    if not items or min(items) < 1:
+        raise argparse.ArgumentTypeError(f"process counts must be >= 1; got {text!r}")
+    return items
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -82,7 +114,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def add_spark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("spark")
     opt = lambda name, *flags, **kw: cli.option(g, "spark", SparkConfig, name, *flags, **kw)  # noqa: E731
-    opt("num_processes", type=int, metavar="N", help="DDP processes")
+    opt("num_processes", type=counts, metavar="N",
+        help="DDP processes; --mode experiment takes a list (1,2) and measures each")
     opt("distributed", action="store_true",
         help="run the processes as Spark barrier tasks on executors (default: local_mode on the driver)")
     opt("gpu", action="store_true", help="one GPU per process (NCCL), pinned memory; loads spark_conf/rapids.conf")
@@ -92,21 +125,69 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
         help="a rank gives up on a collective (e.g. a dead peer) after this many seconds")
 
 
+def add_experiment_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment (--mode experiment; a preset sets these, flags override it)")
+    opt = lambda name, *flags, **kw: cli.option(g, "experiment", ExperimentConfig, name, *flags, **kw)  # noqa: E731
+    found = presets.available()
+    opt("preset", metavar="NAME|FILE", help=f"study preset: {', '.join(found) or 'none found'} "
+        f"(experiments/<name>.toml), or a .toml file of your own")
+    opt("formats", type=names(FORMATS), metavar="F[,F...]", help=f"wire formats ({', '.join(FORMATS)})")
+    opt("layouts", type=names(LAYOUTS), metavar="L[,L...]", help="pixel layouts (bytes, list)")
+    opt("compressions", type=names(COMPRESSIONS), metavar="C[,C...]",
+        help=f"producer compressions ({', '.join(COMPRESSIONS)})")
+    opt("clients", type=names(CLIENTS), metavar="C[,C...]", help=f"Kafka clients ({', '.join(CLIENTS)})")
+    opt("workloads", type=names(WORKLOADS), metavar="W[,W...]",
+        help="publish (the publisher, in the driver), ingest (the stream into batches, in the ranks), "
+             "train (the real training path); raw and memory baselines are added")
+    opt("iterations", type=int, metavar="N", help="measured iterations per condition, interleaved round-robin")
+    opt("warmup", type=int, metavar="N", help="extra iterations first, recorded as warmup and left out of the statistics")
+    opt("limit", type=int, metavar="N", help="records per topic (default the whole split)")
+    opt("output_dir", metavar="DIR", help="where results.csv, summary.csv, results.json, plots and report.md go "
+        "(default <run dir>/experiment)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddp-kbit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=MODES, default="train",
                    help="train (default): stream, train, evaluate, report; publish: only publish the dataset's "
-                        "train/test topics when their manifests are missing")
+                        "train/test topics when their manifests are missing; experiment: a study of what each "
+                        "wire format (layout, compression, client, process count) costs, with statistics and plots")
     add_data_args(p)
     add_train_args(p)
     add_spark_args(p)
+    add_experiment_args(p)
     cli.add_kafka_args(p)
     cli.add_general_args(p)
     return p
 
 
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """Defaults < (experiment: preset <) config file < flags. In experiment mode
+    --epochs and --num-processes describe the study (a list of process counts)."""
+    file_cfg = load_config_file(args.config, sections_of(JobConfig))
+    over = cli.overrides(args)
+    nps = over.get("spark", {}).pop("num_processes", None)
+    if args.mode == "experiment":
+        study = over.setdefault("experiment", {})
+        if nps:
+            study["num_processes"] = nps
+        if "epochs" in over.get("train", {}):
+            study["epochs"] = over["train"].pop("epochs")
+        preset = study.get("preset") or file_cfg.get("experiment", {}).get("preset") or ExperimentConfig.preset
+        file_cfg = {**file_cfg, "experiment": {**presets.load(preset), **file_cfg.get("experiment", {})}}
+    elif nps:
+        if len(nps) != 1:
+            raise ConfigError(f"--num-processes takes one number in --mode {args.mode}; got {list(nps)}")
+        over["spark"]["num_processes"] = nps[0]
+    return build_group(JobConfig, file_cfg, over)
+
+
 def summarize(report: dict) -> str:
+    if report["mode"] == "experiment":
+        failed = f"; {report['failed']} failed (see results.csv)" if report["failed"] else ""
+        return "\n".join([report["table"], "", *report["verdicts"], "",
+                          f"{report['rows']} measurements{failed}; study: {report['files']['report_md']}"])
     if report["mode"] != "train":
         return f"topics: {report['topics']}"
     last, final = report["epochs"][-1] if report["epochs"] else {}, report["final"]
@@ -116,24 +197,29 @@ def summarize(report: dict) -> str:
             f"model {final['model']}")
 
 
-def run(args: argparse.Namespace, job: JobConfig, run_dir: Path) -> dict:
+def run(args: argparse.Namespace, job: JobConfig, run_dir: Path, argv: list[str]) -> dict:
+    from ddp_kbit.experiment.runner import run_study
     from ddp_kbit.launch import driver, spark
 
     with cli.kafka_session(job.kafka, run_dir) as kcfg:
         if args.mode == "publish":
             return driver.run_publish(job, kcfg)
         try:
+            if args.mode == "experiment":
+                command = " ".join(["python -m ddp_kbit.main", *argv])
+                return run_study(job, kcfg, run_dir, embedded=not job.kafka.bootstrap_servers, command=command)
             return driver.run_training(job, kcfg, run_dir)
         finally:
             spark.stop_session()
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    job, _ = cli.config_group(JobConfig, args)
+    job = job_config(args)
     logs.configure(job.general.log_level, secrets=job.kafka.secrets)
     run_dir = make_run_dir(job.general.run_dir)
-    report = run(args, job, run_dir)
+    report = run(args, job, run_dir, argv)
     report.setdefault("config", {"kafka": as_dict(job.kafka), "data": as_dict(job.data)})
     path = write_json(job.general.report or run_dir / "report.json", report)
     if report["mode"] == "train" and report["epochs"]:

@@ -1,15 +1,21 @@
-"""PNG plots; matplotlib is imported only here."""
+"""PNG plots (matplotlib, Agg): the training report's, and a study's. Plain data in
+(dicts, pandas frames), files out; matplotlib is imported only here."""
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def plot_training(report: dict, path: str | Path) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_training(report: dict, path: str | Path) -> Path:
+    plt = _pyplot()
     ep = [e["epoch"] for e in report["epochs"]]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
     a.plot(ep, [e["train_loss"] for e in report["epochs"]], "o-", label="train")
@@ -23,7 +29,64 @@ def plot_training(report: dict, path: str | Path) -> Path:
     c2.plot(ep, [100 * e["data_wait_fraction"] for e in report["epochs"]], "r.-")
     c.set(title="samples/s (bars), data wait % (line)", xlabel="epoch")
     fig.suptitle(f"ddp_kbit train: {report['world_size']} process(es), restarts {report['restarts']}")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def study_boxplot(samples: dict[str, dict[str, list[float]]], path: str | Path) -> Path:
+    """``samples``: workload -> condition label -> measured records/s."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(samples), figsize=(6.5 * len(samples), 4.2), squeeze=False)
+    for ax, (workload, by_label) in zip(axes[0], samples.items()):
+        labels = list(by_label)
+        ax.boxplot([by_label[k] for k in labels], whis=1.5, vert=False)
+        ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+        ax.set(title=f"{workload}: records/s per iteration", xlabel="records/s")
+        ax.grid(axis="x", alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def study_ratios(rows: dict[str, list[dict]], path: str | Path, baseline: str) -> Path:
+    """``rows``: workload -> [{label, ratio, low, high}]: medians as a ratio to ``baseline``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 4.2), squeeze=False)
+    for ax, (workload, items) in zip(axes[0], rows.items()):
+        y = range(len(items))
+        ratio = [r["ratio"] for r in items]
+        err = [[r["ratio"] - r["low"] for r in items], [r["high"] - r["ratio"] for r in items]]
+        ax.barh(list(y), ratio, xerr=err, capsize=3, color="tab:blue", alpha=0.8)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_yticks(list(y), [r["label"] for r in items], fontsize=8)
+        ax.set(title=f"{workload}: median / {baseline} median (95% CI)", xlabel=f"ratio to {baseline}")
+    return _save(plt, fig, path)
+
+
+def study_bytes(rows: list[dict], path: str | Path) -> Path:
+    """``rows``: [{label, bytes_per_record}] of the publish conditions."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+    ax.barh([r["label"] for r in rows], [r["bytes_per_record"] for r in rows], color="tab:green")
+    for i, r in enumerate(rows):
+        ax.text(r["bytes_per_record"], i, f" {r['bytes_per_record']:.0f}", va="center", fontsize=8)
+    ax.set(title="bytes per record on the wire (after compression)", xlabel="bytes")
+    return _save(plt, fig, path)
+
+
+def study_scaling(lines: dict[str, list[tuple[int, float, float, float]]], path: str | Path) -> Path:
+    """``lines``: condition -> [(processes, median, ci low, ci high)]."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, pts in lines.items():
+        pts = sorted(pts)
+        xs, med = [p[0] for p in pts], [p[1] for p in pts]
+        ax.errorbar(xs, med, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], marker="o",
+                    capsize=3, label=label)
+    ax.set(title="records/s against processes (median, 95% CI)", xlabel="processes", ylabel="records/s")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)

@@ -52,8 +52,9 @@ class _PartitionBuffers:
     order (slices and bisects, no per-record Python work); a partition whose
     buffer is full is paused so an idle one cannot fill memory."""
 
-    def __init__(self, consumer, limit: int):
-        self.consumer, self.limit = consumer, limit
+    def __init__(self, consumer, limit: int, ends: dict[tuple, int], starts: dict[tuple, int]):
+        """``starts``/``ends``: per partition, the first and one past the last planned offset."""
+        self.consumer, self.limit, self.ends, self.starts = consumer, limit, ends, starts
         self.offs: dict[tuple, list] = collections.defaultdict(list)
         self.vals: dict[tuple, list] = collections.defaultdict(list)
         self.head: dict[tuple, int] = collections.defaultdict(int)  # first not yet handed out
@@ -61,8 +62,20 @@ class _PartitionBuffers:
         self.next: dict[tuple, int] = {}  # one past the last offset handed out, per partition
         self.last_record = time.monotonic()
 
+    def outstanding(self) -> int:
+        """Planned records not yet received from the partitions being read: a poll
+        asks for no more, so the last poll of a slice returns at once instead of
+        waiting out its timeout for records that will never come."""
+        n = 0
+        for tp, end in self.ends.items():
+            if tp not in self.paused:
+                offs = self.offs[tp]
+                n += max(0, end - (offs[-1] + 1 if offs else self.starts[tp]))
+        return n
+
     def fill(self, max_records: int, timeout: float) -> int:
-        parts, offs, vals, topics = self.consumer.poll_values(max_records, timeout)
+        want = max(1, min(max_records, self.outstanding()))
+        parts, offs, vals, topics = self.consumer.poll_values(want, timeout)
         if not vals:
             return 0
         self.last_record = time.monotonic()
@@ -167,12 +180,13 @@ class KafkaStreamDataset(IterableDataset):
     def _produce(self, batches, q: queue.Queue, stop: threading.Event) -> None:
         try:
             with self._consumer_factory() as consumer:
-                first = {}
+                first, ends = {}, {}
                 for b in batches:
                     for piece in b:
                         first.setdefault(piece.tp, piece.start)
+                        ends[piece.tp] = max(ends.get(piece.tp, 0), piece.end)
                 consumer.assign([(t, p, o) for (t, p), o in first.items()])
-                bufs = _PartitionBuffers(consumer, self.data.buffer_records)
+                bufs = _PartitionBuffers(consumer, self.data.buffer_records, ends, first)
                 codec = get_codec(self.topic.format, self.topic.layout)
                 per_group = max(1, self.data.decode_records // max(1, self.plan_batch_size()))
                 for g in range(0, len(batches), per_group):

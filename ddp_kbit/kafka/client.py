@@ -18,9 +18,10 @@ from ddp_kbit.kafka.protocol import TP, Admin, Record, RecordConsumer, RecordPro
 _ADAPTERS = {"confluent": confluent, "kafka-python": kafka_python}
 
 
-def make_producer(cfg: KafkaConfig, compression: str = "none", **kw) -> RecordProducer:
-    """acks=all and idempotence on; a context manager that flushes and closes."""
-    return _ADAPTERS[cfg.client].Producer(cfg, compression, **kw)
+def make_producer(cfg: KafkaConfig, compression: str = "none", measure: bool = False, **kw) -> RecordProducer:
+    """acks=all and idempotence on; a context manager that flushes and closes.
+    ``measure``: ``wire_bytes()`` tells the bytes sent after compression."""
+    return _ADAPTERS[cfg.client].Producer(cfg, compression, measure, **kw)
 
 
 def make_consumer(cfg: KafkaConfig, group_id: str = "ddp_kbit", strict: bool = False, **kw) -> RecordConsumer:

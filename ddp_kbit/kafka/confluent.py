@@ -1,7 +1,9 @@
 """confluent-kafka (librdkafka) adapters: the fast client, and the default."""
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 
 from ddp_kbit.config import KafkaConfig
@@ -28,16 +30,30 @@ def settings(cfg: KafkaConfig) -> dict:
 
 
 class Producer(Closing):
-    def __init__(self, cfg: KafkaConfig, compression: str = "none", extra: dict | None = None):
+    def __init__(self, cfg: KafkaConfig, compression: str = "none", measure: bool = False, extra: dict | None = None):
         from confluent_kafka import Producer as _Producer
 
         conf = settings(cfg)
         conf.update({"enable.idempotence": True, "acks": "all", "compression.type": compression,
                      "linger.ms": 20, "batch.size": 1_000_000, "queue.buffering.max.messages": 500_000,
                      "queue.buffering.max.kbytes": 1_048_576, "message.timeout.ms": 120_000})
+        self._stats: dict = {}
+        if measure:  # librdkafka's statistics carry the bytes it sent (after compression)
+            conf.update({"statistics.interval.ms": 100, "stats_cb": self._on_stats})
         conf.update(extra or {})
         self._p = _Producer(conf)
         self.report = DeliveryReport()
+
+    def _on_stats(self, text: str) -> None:
+        self._stats = json.loads(text)
+
+    def wire_bytes(self, timeout: float = 3.0) -> int | None:
+        """Bytes sent to the brokers so far (requests included), once the statistics
+        cover every acknowledged record; None without ``measure``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._stats.get("txmsgs", -1) < self.report.acked:
+            self._p.poll(0.05)
+        return self._stats.get("tx_bytes")
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -102,6 +118,21 @@ class Consumer(Closing):
                 if err is not None and (err.fatal() or not err.retriable()):
                     raise ClientError(f"consume failed on {m.topic()}[{m.partition()}]: {err.str()}")
         return msgs
+
+    def drain(self, count: int, idle_timeout: float = 30.0) -> int:
+        """The cheapest honest consume loop (a benchmark's ceiling): ``count`` records
+        of the assigned partitions in polls of 20,000, each value's length touched,
+        nothing else done per record. Returns the bytes of the values."""
+        got = nbytes = 0
+        last = time.monotonic()
+        while got < count:
+            msgs = self._c.consume(min(20_000, count - got), 0.5)  # never wait for records that will not come
+            if msgs:
+                nbytes += sum([len(m.value() or b"") for m in msgs])
+                got, last = got + len(msgs), time.monotonic()
+            elif time.monotonic() - last > idle_timeout:
+                raise ClientError(f"no records for {idle_timeout:.0f}s after {got} of {count}")
+        return nbytes
 
     def list_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, int]]:
         out = {}

@@ -3,6 +3,7 @@ consume than confluent-kafka even with the ``crc32c`` package)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from ddp_kbit.config import KafkaConfig
@@ -34,7 +35,7 @@ def connect(factory: Callable, cfg: KafkaConfig, **conf):
 
 
 class Producer(Closing):
-    def __init__(self, cfg: KafkaConfig, compression: str = "none", extra: dict | None = None):
+    def __init__(self, cfg: KafkaConfig, compression: str = "none", measure: bool = False, extra: dict | None = None):
         from kafka import KafkaProducer
 
         conf = settings(cfg)
@@ -49,6 +50,15 @@ class Producer(Closing):
         self.report.sent += 1
         fut.add_callback(lambda md: self.report.ack(md.topic, md.partition, md.offset))
         fut.add_errback(lambda exc: self.report.fail(repr(exc)))
+
+    def wire_bytes(self) -> int | None:
+        """Bytes of the acknowledged records as sent (after compression), from the
+        client's own metrics: record size x compression rate."""
+        m = self._p.metrics().get("producer-metrics", {})
+        size, rate = m.get("record-size-avg"), m.get("compression-rate-avg")
+        if not size or rate is None or rate != rate:  # no batch sent yet (rate is NaN)
+            return None
+        return round(self.report.acked * size * (rate or 1.0))
 
     def flush(self, timeout: float = 120.0) -> int:
         try:
@@ -93,6 +103,22 @@ class Consumer(Closing):
     def poll_values(self, max_records: int, timeout: float):
         recs = self._poll(max_records, timeout)
         return [r.partition for r in recs], [r.offset for r in recs], [r.value for r in recs], [r.topic for r in recs]
+
+    def drain(self, count: int, idle_timeout: float = 30.0) -> int:
+        """The cheapest honest consume loop (a benchmark's ceiling); see the confluent adapter."""
+        got = nbytes = 0
+        last = time.monotonic()
+        while got < count:
+            batches = self._c.poll(timeout_ms=500, max_records=min(20_000, count - got)).values()
+            n = 0
+            for recs in batches:
+                nbytes += sum([len(r.value or b"") for r in recs])
+                n += len(recs)
+            if n:
+                got, last = got + n, time.monotonic()
+            elif time.monotonic() - last > idle_timeout:
+                raise ClientError(f"no records for {idle_timeout:.0f}s after {got} of {count}")
+        return nbytes
 
     def list_offsets(self, tps) -> dict[TP, tuple[int, int]]:
         keys = [self._tp(t, p) for t, p in tps]

@@ -69,6 +69,9 @@ class RecordProducer(Protocol):
     def flush(self, timeout: float = 120.0) -> int:
         """Wait for every delivery report; returns how many records are still unacknowledged."""
 
+    def wire_bytes(self) -> int | None:
+        """Bytes the acknowledged records took on the wire (after compression), if measured."""
+
     def close(self) -> None: ...
 
 
@@ -80,6 +83,9 @@ class RecordConsumer(Protocol):
 
     def poll_values(self, max_records: int, timeout: float) -> tuple[list, list, list, list]:
         """Hot path: (partitions, offsets, values, topics) as parallel lists."""
+
+    def drain(self, count: int, idle_timeout: float = 30.0) -> int:
+        """Benchmark ceiling: consume ``count`` records touching each value's length; the values' bytes."""
 
     def list_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, int]]: ...
 

@@ -1,0 +1,1 @@
+"""Studies: a grid of conditions measured honestly (interleaved, with baselines), statistics, plots, report."""
