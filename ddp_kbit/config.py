@@ -265,6 +265,7 @@ class ExperimentConfig:
     warmup: int = 1
     limit: int | None = None        # records per topic; default the whole split
     epochs: int = 1                 # of the train workload
+    passes: int = 1                 # reads of the whole topic per ingest measurement (a consumer each, like epochs)
     partitions: int = 4             # of the topics the study publishes
     output_dir: str | None = None   # default <run dir>/experiment
     seed: int = 0                   # bootstrap resampling
@@ -280,7 +281,7 @@ class ExperimentConfig:
                 one_of(name[:-1], v, allowed)
         for n in self.num_processes:
             positive("num_processes", n)
-        for name in ("iterations", "epochs", "partitions"):
+        for name in ("iterations", "epochs", "passes", "partitions"):
             positive(name, getattr(self, name))
         positive("warmup", self.warmup, allow_zero=True)
         if self.limit is not None:

@@ -82,6 +82,7 @@ class RankSide:
     num_classes: int
     run_dir: str
     collective_timeout_s: float
+    passes: int = 1              # reads of the whole topic per ingest measurement
 
 
 def measure_rank(side: RankSide, cond: Condition, rank: int, world: int, device, round_dir: str) -> dict:
@@ -94,8 +95,9 @@ def measure_rank(side: RankSide, cond: Condition, rank: int, world: int, device,
     key = (cond.format, cond.layout, cond.compression)
     topic, cfg = side.topics[key], replace(side.kafka, client=cond.client)
     plan = plan_epoch(ranges_to_slices(topic.topic, topic.partitions), world, side.train.batch_size)[rank]
-    t0 = time.perf_counter()
-    records = raw_drain(cfg, plan) if cond.format == RAW else stream_drain(cfg, side.data, topic, plan)
+    t0, records = time.perf_counter(), 0
+    for _ in range(side.passes):   # each pass with its own consumer, as each epoch of training
+        records += raw_drain(cfg, plan) if cond.format == RAW else stream_drain(cfg, side.data, topic, plan)
     seconds = time.perf_counter() - t0
     return {"records": records, "seconds": seconds, "bytes": records * side.value_bytes[key]}
 
@@ -145,9 +147,11 @@ class MemoryBatches:
 
 def ingest_memory(side: RankSide, rank: int, world: int) -> dict:
     x, y = _rank_share(side, rank, world)
-    t0 = time.perf_counter()
-    records = sum(len(b) for b in MemoryBatches(x, y, side.train.batch_size))
-    return {"records": records, "seconds": time.perf_counter() - t0, "bytes": x.numel() * x.element_size()}
+    t0, records = time.perf_counter(), 0
+    for _ in range(side.passes):
+        records += sum(len(b) for b in MemoryBatches(x, y, side.train.batch_size))
+    return {"records": records, "seconds": time.perf_counter() - t0,
+            "bytes": side.passes * x.numel() * x.element_size()}
 
 
 def train_memory(side: RankSide, rank: int, world: int, device) -> dict:

@@ -151,7 +151,7 @@ def rank_side(job: JobConfig, kcfg: KafkaConfig, conditions: list[Condition], ds
         kafka=kcfg, data=job.data, train=replace(job.train, epochs=cfg.epochs), topics=topics, test_topics=test_topics,
         value_bytes={k: mean_value_bytes(kcfg, m) for k, m in topics.items()},
         images=ds.images if memory else None, labels=ds.labels if memory else None, num_classes=ds.num_classes,
-        run_dir=str(run_dir), collective_timeout_s=job.spark.collective_timeout_s)
+        run_dir=str(run_dir), collective_timeout_s=job.spark.collective_timeout_s, passes=cfg.passes)
 
 
 # ------------------------------------------------------------------ rounds
