@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def make_evaluator(model, device) -> Engine:
 
 
 # ------------------------------------------------------------------ the rank's main
-def train_fn(spec: RunSpec) -> dict | None:
+def train_fn(spec: RunSpec) -> dict:
     """Entry point of each rank. It leaves ``rank<N>.pid`` in the run directory
     while it runs, and on a Python error ``failure.rank<N>.txt`` with the reason:
     TorchDistributor's own error only says "see the logs", and a rank killed
@@ -149,6 +150,9 @@ def train_fn(spec: RunSpec) -> dict | None:
     run_dir = Path(spec.run_dir)
     with contextlib.suppress(OSError):
         (run_dir / f"rank{rank}.pid").write_text(f"{os.getpid()} {socket.gethostname()}")
+    # torchrun stops the other ranks with SIGTERM when one dies: say so, rather than vanish silently
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         result = _train(spec)
     except BaseException as exc:
@@ -161,7 +165,15 @@ def train_fn(spec: RunSpec) -> dict | None:
     return result
 
 
-def _train(spec: RunSpec) -> dict | None:
+class Terminated(RuntimeError):
+    pass
+
+
+def _terminated(signum, frame):
+    raise Terminated("stopped by SIGTERM (a peer rank failed, or the run was cancelled)")
+
+
+def _train(spec: RunSpec) -> dict:
     use_cuda = spec.use_gpu and torch.cuda.is_available()
     rank, world, device = dist.init_distributed(use_cuda, spec.collective_timeout_s)
     # forced: a Spark python worker may already have configured logging (lines would repeat)
@@ -272,13 +284,14 @@ class RankTrainer:
         self.run.partial = start.partial + now
         return self.run.partial
 
-    def result(self) -> dict | None:
+    def result(self) -> dict:
+        """The run's result, the same on every rank: TorchDistributor's local mode
+        keeps whichever rank's return value it reads last."""
         if self.final_eval is None:  # resumed from a finished run: just evaluate
             self.final_eval = self.evaluate()
-        if self.rank != 0:
-            return None
         model_path = Path(self.spec.run_dir) / "model.pt"
-        torch.save(getattr(self.model, "module", self.model).state_dict(), model_path)
+        if self.rank == 0:
+            torch.save(getattr(self.model, "module", self.model).state_dict(), model_path)
         last = self.checkpointer.last_checkpoint
         return {"epochs": self.run.history, "final": {"test_accuracy": self.final_eval["val_accuracy"],
                                                       "test_loss": self.final_eval["val_loss"],

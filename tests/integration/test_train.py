@@ -46,7 +46,7 @@ def test_local_mode_trains_and_report_matches(kcfg, topics, tmp_path):
     assert e["samples_per_s"] > 0 and e["seconds"] > 0
     final = report["final"]
     assert final["test_accuracy"] == e["val_accuracy"] >= 0.6   # 2400 samples, 2 epochs: well above chance
-    assert report["bad_records"] == {"count": 0, "seen": TRAIN_N * 2, "by_reason": {},
+    assert report["bad_records"] == {"count": 0, "seen": TRAIN_N, "by_reason": {},   # distinct records read
                                      "dlq_topic": topics["train"].topic + ".dlq"}
     state = torch.load(final["checkpoint"], weights_only=True)["run"]
     assert state["epoch"] == 2 and state["consumed"] == [] and len(state["history"]) == 2

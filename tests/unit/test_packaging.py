@@ -7,9 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ddp_kbit.cli import config_group
-from ddp_kbit.config import JobConfig
-from ddp_kbit.main import build_parser
+from ddp_kbit.main import build_parser, job_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +34,7 @@ def test_compose_services_and_dependencies():
 def test_trainer_command_is_accepted_by_our_cli():
     c = compose()
     args = build_parser().parse_args(c["services"]["trainer"]["command"])
-    job, _ = config_group(JobConfig, args)
+    job = job_config(args)
     assert args.mode == "train" and job.spark.distributed and job.kafka.bootstrap_servers == "kafka:9092"
     assert job.spark.master == "spark://spark-master:7077"
 
