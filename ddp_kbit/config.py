@@ -188,10 +188,13 @@ class SparkConfig:
     conf: tuple[str, ...] = ()       # KEY=VALUE overrides
     conf_dir: str | None = None      # default: the repo's spark_conf/
     collective_timeout_s: float = 180.0  # no rank waits longer on a collective (a dead peer)
+    launch_timeout_s: float = 180.0  # a barrier stage that cannot get its slots fails after this long
+    ship_package: bool = False       # send the package zip with each launch (executors without ddp_kbit)
 
     def __post_init__(self):
         positive("num_processes", self.num_processes)
         positive("collective_timeout_s", self.collective_timeout_s)
+        positive("launch_timeout_s", self.launch_timeout_s)
         for kv in self.conf:
             if "=" not in kv:
                 raise ConfigError(f"--spark-conf takes KEY=VALUE, got {kv!r}")

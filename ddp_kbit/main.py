@@ -123,6 +123,11 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
     opt("conf", "--spark-conf", action="append", metavar="KEY=VALUE", help="Spark setting override; repeatable")
     opt("collective_timeout_s", "--collective-timeout", type=float, metavar="S",
         help="a rank gives up on a collective (e.g. a dead peer) after this many seconds")
+    opt("launch_timeout_s", "--launch-timeout", type=float, metavar="S",
+        help="--distributed: fail, naming the slots requested and available, when the cluster cannot run "
+             "every rank at once within this many seconds")
+    opt("ship_package", "--ship-package", action="store_true",
+        help="send this package (a zip) with each launch, for executors whose Python does not have ddp_kbit")
 
 
 def add_experiment_args(p: argparse.ArgumentParser) -> None:

@@ -92,26 +92,39 @@ def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path
                    resume_from=str(found) if job.checkpoint.resume else None)
 
 
-def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict], int]:
-    """TorchDistributor run; on failure resume from the newest checkpoint."""
-    restarts = 0
+def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict], int, list[dict]]:
+    """TorchDistributor run; on failure resume from the newest checkpoint, in barrier
+    mode on as many ranks as the cluster has slots for now (fewer after a lost worker,
+    as many as asked once it is back). Returns the result, the restarts, and every
+    attempt's world size and error."""
+    restarts, attempts, scfg = 0, [], job.spark
     while True:
         clear_failures(spec.run_dir)
         # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
         spec = replace(spec, dead_lettered=already_forwarded(spec.kafka, [spec.train_topic.topic,
                                                                           spec.test_topic.topic]))
         try:
-            return spark.launch(job.spark, train_fn, spec), restarts
+            launched = spark.launch(scfg, train_fn, spec)
+            attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": None})
+            return launched, restarts, attempts
+        except UserError:
+            raise   # e.g. no slots within --launch-timeout: nothing a restart would change
         except Exception as exc:
             # the launcher's whole error (Spark and torchrun output) for whoever wants more than one line
             (Path(spec.run_dir) / f"launch-error.attempt{restarts}.txt").write_text(str(exc))
             reason = describe_failure(str(exc), rank_failures(spec.run_dir), started_ranks(spec.run_dir))
+            if "No module named 'ddp_kbit'" in reason:
+                reason += " (the executors' Python lacks the package: pass --ship-package)"
+            attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": reason})
             if restarts >= job.checkpoint.max_restarts:
                 raise UserError(f"training failed after {restarts} restart(s): {reason}") from None
             found = checkpoint.latest(spec.checkpoint.dir)
             restarts += 1
             log.warning("training failed (%s); restart %d/%d from %s", reason, restarts, job.checkpoint.max_restarts,
                         found or "the beginning")
+            if scfg.distributed:  # elastic: the slots the cluster has now
+                scfg = replace(scfg, num_processes=spark.available_ranks(job.spark))
+                log.warning("restart %d runs on %d rank(s)", restarts, scfg.num_processes)
             spec = replace(spec, resume_from=str(found) if found else None)
 
 
@@ -185,13 +198,15 @@ def last_line(text: str) -> str:
 
 
 def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict], restarts: int, dlq: str,
-                 missing: list) -> dict:
+                 missing: list, attempts: list) -> dict:
     result, where = launched
+    where = {**where, "ranks": result.get("ranks", [])}
     config = {"kafka": as_dict(kcfg), "data": as_dict(job.data), "train": as_dict(job.train),
               "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark)}
     return {"mode": "train", "config": config, "spark": where, "world_size": result["world_size"],
             "restarts": restarts, "epochs": result["epochs"], "final": result["final"],
-            "bad_records": {**result["bad_records"], "dlq_topic": dlq}, "missing_records": missing}
+            "bad_records": {**result["bad_records"], "dlq_topic": dlq}, "missing_records": missing,
+            "attempts": attempts}
 
 
 def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path) -> dict:
@@ -204,8 +219,8 @@ def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path) -> dict:
     log.info("training on %s (%d records, %d partitions), testing on %s; %d processes, %s",
              manifests["train"].topic, manifests["train"].record_count, len(manifests["train"].partitions),
              manifests["test"].topic, job.spark.num_processes, "barrier mode" if job.spark.distributed else "local mode")
-    launched, restarts = run_with_restarts(job, spec)
-    return train_report(job, kcfg, launched, restarts, dlq_topic(manifests["train"].topic), missing)
+    launched, restarts, attempts = run_with_restarts(job, spec)
+    return train_report(job, kcfg, launched, restarts, dlq_topic(manifests["train"].topic), missing, attempts)
 
 
 def run_publish(job: JobConfig, kcfg: KafkaConfig) -> dict:

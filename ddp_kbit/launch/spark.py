@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ddp_kbit.config import SparkConfig
+from ddp_kbit.errors import UserError
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[2] / "spark_conf"
@@ -102,10 +106,20 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
         conf["spark.master"] = cfg.master
     elif "spark.master" in conf and conf["spark.master"].startswith("local"):
         conf["spark.master"] = f"local[{max(cfg.num_processes, 2)}]"  # a slot per barrier task
+    # Spark re-checks a barrier stage's slots every interval, maxFailures times (default:
+    # 40 x 15 s); bound it by our launch timeout, which the driver enforces as well.
+    conf.setdefault("spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "5s")
+    conf.setdefault("spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures",
+                    str(max(1, math.ceil(cfg.launch_timeout_s / 5))))
     for kv in cfg.conf:
         key, _, value = kv.partition("=")
         conf[key.strip()] = value.strip()
     return conf
+
+
+def on_loopback(master: str) -> bool:
+    """A local master, or a standalone one on this machine's loopback address."""
+    return master.startswith("local") or urlparse(master).hostname in ("127.0.0.1", "localhost")
 
 
 def get_session(cfg: SparkConfig):
@@ -118,8 +132,9 @@ def get_session(cfg: SparkConfig):
     if active is not None:  # under spark-submit the session's conf comes from there
         return active
     conf = session_conf(cfg)
-    if conf.get("spark.master", "").startswith("local"):
+    if on_loopback(conf.get("spark.master", "")):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no guessing at interfaces for a local run
+        conf.setdefault("spark.driver.host", "127.0.0.1")
     builder = SparkSession.builder
     for k, v in conf.items():
         builder = builder.config(k, v)
@@ -128,22 +143,69 @@ def get_session(cfg: SparkConfig):
     return spark
 
 
+def slots(sc) -> int:
+    """Barrier tasks the cluster can run at once now (what Spark's own check counts)."""
+    jsc = sc._jsc.sc()
+    try:
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # an API this Spark does not have: executors x their cores
+        return max(0, jsc.getExecutorMemoryStatus().size() - 1) or sc.defaultParallelism
+
+
+def wait_for_slots(sc, wanted: int, timeout: float, at_least: int | None = None, settle: float = 5.0) -> int:
+    """Wait until ``wanted`` slots are there and return the count. With ``at_least``
+    (a restart, which may run on fewer ranks), take what there is once at least that
+    many are there and the count had ``settle`` seconds for lost executors to drop out
+    and returning ones to register. A barrier stage that cannot start is one clear
+    error within ``timeout``, never an endless wait."""
+    need, start = at_least or wanted, time.monotonic()
+    while True:
+        have = slots(sc)
+        if have >= wanted or (have >= need and time.monotonic() - start >= settle):
+            return min(have, wanted)
+        if time.monotonic() - start > timeout:
+            raise UserError(f"the barrier stage needs {need} task slot(s) but the cluster ({sc.master}) offers "
+                            f"{have} after {timeout:.0f}s (--launch-timeout); add workers or pass fewer "
+                            "--num-processes")
+        time.sleep(0.5)
+
+
+def available_ranks(cfg: SparkConfig) -> int:
+    """How many ranks a restart can have now: up to the requested count, at least one."""
+    return wait_for_slots(get_session(cfg).sparkContext, cfg.num_processes, cfg.launch_timeout_s, at_least=1)
+
+
 def launch(cfg: SparkConfig, train_fn, spec) -> tuple[dict, dict]:
-    """Run ``train_fn(spec)`` on ``num_processes`` ranks; returns rank 0's result
-    and where it ran (master, application id, Spark version) for the report."""
+    """Run ``train_fn(spec)`` on ``num_processes`` ranks; returns the result and where
+    it ran (master, application id, Spark version, mode) for the report."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     spark = get_session(cfg)
     sc = spark.sparkContext
     where = {"master": sc.master, "app_id": sc.applicationId, "spark_version": spark.version,
              "mode": "barrier" if cfg.distributed else "local"}
+    fn, args = (shipped(train_fn, spec) if cfg.ship_package else (train_fn, (spec,)))
     distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=not cfg.distributed,
                                    use_gpu=cfg.gpu)
     distributor.logger.setLevel(logging.WARNING)
     if not cfg.distributed:  # local mode: Ctrl-C raises at once and the torchrun child is terminated
-        return distributor.run(train_fn, spec), where
+        return distributor.run(fn, *args), where
+    wait_for_slots(sc, cfg.num_processes, cfg.launch_timeout_s)
     with cancel_on_interrupt(sc):
-        return distributor.run(train_fn, spec), where
+        return distributor.run(fn, *args), where
+
+
+def shipped(fn, arg):
+    """``fn(arg)`` as a call the ranks can make without ddp_kbit installed: a
+    bootstrap pickled by value, the package zip, and ``arg`` pickled to bytes."""
+    import pickle
+
+    from pyspark import cloudpickle
+
+    from ddp_kbit.launch import bootstrap, pack
+
+    cloudpickle.register_pickle_by_value(bootstrap)
+    return bootstrap.run_shipped, (pack.package_bytes(), fn.__module__, fn.__name__, pickle.dumps(arg))
 
 
 @contextlib.contextmanager

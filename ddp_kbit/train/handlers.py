@@ -36,7 +36,7 @@ def attach_progress(trainer: Engine, desc: str) -> None:
     @trainer.on(Events.ITERATION_COMPLETED)
     def _step(engine):
         it = engine.state.iteration
-        state["bar"].update(1, **({"loss": float(engine.state.output)} if it % 10 == 0 else {}))
+        state["bar"].update(1, **({"loss": float(engine.state.output.detach())} if it % 10 == 0 else {}))
 
     @trainer.on(Events.COMPLETED)
     def _close(engine):

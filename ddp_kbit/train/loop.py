@@ -165,6 +165,14 @@ def train_fn(spec: RunSpec) -> dict:
     return result
 
 
+def placement(rank: int) -> dict:
+    """Where this rank runs. On a Spark standalone worker an executor's working
+    directory is <work dir>/<app id>/<executor id>; elsewhere it is the driver's."""
+    cwd = Path.cwd()
+    executor = cwd.name if cwd.parent.name.startswith("app-") else os.environ.get("SPARK_EXECUTOR_ID", "driver")
+    return {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "executor": executor}
+
+
 class Terminated(RuntimeError):
     pass
 
@@ -182,6 +190,7 @@ def _train(spec: RunSpec) -> dict:
     log.info("rank %d/%d on %s: %d torch threads, cpus %s, OMP_NUM_THREADS=%s", rank, world, device,
              torch.get_num_threads(), sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))
     rt = RankTrainer(spec, rank, world, device, use_cuda)
+    rt.placement = dist.gather(placement(rank))
     if spec.resume_from:
         rt.restore(spec.resume_from)
     for epoch in range(rt.run.epoch, spec.train.epochs):
@@ -212,6 +221,7 @@ class RankTrainer:
         self.checkpointer = checkpoint.checkpointer(spec.checkpoint.dir, self.to_save, spec.checkpoint.keep)
         self.final_eval: dict | None = None
         self.forwarded = set(spec.dead_lettered)  # shared with the streams' dead-letter producers
+        self.placement: list[dict] = []
 
     def restore(self, path: str) -> None:
         checkpoint.restore(path, self.to_save)
@@ -297,5 +307,5 @@ class RankTrainer:
                                                       "test_loss": self.final_eval["val_loss"],
                                                       "checkpoint": str(last) if last else None,
                                                       "model": str(model_path)},
-                "bad_records": self.run.bad.to_dict(), "world_size": self.world}
+                "bad_records": self.run.bad.to_dict(), "world_size": self.world, "ranks": self.placement}
 

@@ -33,13 +33,12 @@ def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt
     return m
 
 
-def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None, kill_at=None, kill_rank=1):
+def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None, kill_at=None, kill_rank=1, env=None):
     """The CLI as a user runs it (no --format: the manifests say what the topics hold).
     ``crash_at``: rank 0 raises at that global step; ``kill_at``: ``kill_rank`` is SIGKILLed."""
     cmd = [sys.executable, "-m", "ddp_kbit.main", "--mode", "train", "--bootstrap-servers", kcfg.bootstrap_servers,
            "--batch-size", "64", "--eval-batch-size", "200", "--no-progress",
            "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
-    env = None
     if crash_at is not None:
         cmd, env = cmd + ["--handler", "chaos:crash_at_step"], chaos.env(crash_at)
     if kill_at is not None:

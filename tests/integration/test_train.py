@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import assert_exact_epochs, train, write_topic
 
 from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
+from runs import assert_exact_epochs, train, write_topic
 
 pytestmark = pytest.mark.slow
 TRAIN_N, TEST_N = 2400, 600

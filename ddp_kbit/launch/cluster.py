@@ -1,0 +1,152 @@
+"""A real Spark standalone cluster on this machine, from the installed pyspark
+(no download): a master and N workers, each its own JVM, bound to 127.0.0.1 on
+free ports with their own work directories.
+
+    with StandaloneCluster(workers=2) as cluster:     # tests, local trials
+        cluster.master_url                             # spark://127.0.0.1:PORT
+
+It is ready when the master lists every worker ALIVE; it stops by process group
+(the workers' executor JVMs included), on exit and, unless ``detach``, also when
+the process that started it dies (PR_SET_PDEATHSIG). ``python -m ddp_kbit.cluster
+up|down|status`` runs one for trying cluster mode from the command line.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from ddp_kbit.errors import UserError
+
+PR_SET_PDEATHSIG = 1
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _own_group(die_with_parent: bool):
+    def setup():
+        os.setsid()  # a process group of its own: stopping it stops the executors it started
+        if die_with_parent:
+            try:
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            except OSError:
+                pass
+    return setup
+
+
+class StandaloneCluster:
+    def __init__(self, workers: int = 2, cores: int = 1, memory: str = "1g", work_dir: str | Path | None = None,
+                 host: str = "127.0.0.1", detach: bool = False, env: dict | None = None, start_timeout: float = 90):
+        self.workers, self.cores, self.memory, self.host = workers, cores, memory, host
+        self.work_dir = Path(work_dir or f"/tmp/ddp_kbit-cluster-{os.getpid()}").resolve()
+        self.detach, self.env, self.start_timeout = detach, env, start_timeout
+        self.master_port, self.webui_port = free_port(host), free_port(host)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{self.host}:{self.master_port}"
+
+    @property
+    def webui(self) -> str:
+        return f"http://{self.host}:{self.webui_port}"
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        env = {**os.environ, **(self.env or {}), "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": self.host,
+               "SPARK_LOG_DIR": str(self.work_dir / "logs"), "SPARK_NO_DAEMONIZE": "1"}
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.work_dir / f"{name}.log", "ab")  # noqa: SIM115 (the JVM writes it while it runs)
+        proc = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_own_group(not self.detach))
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> StandaloneCluster:
+        try:
+            self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", self.host, "--port",
+                        str(self.master_port), "--webui-port", str(self.webui_port))
+            for i in range(self.workers):
+                self.start_worker(i)
+            self.wait_alive(self.workers)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_worker(self, i: int) -> None:
+        wdir = self.work_dir / f"worker{i}"
+        wdir.mkdir(parents=True, exist_ok=True)
+        self._spawn(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.master_url, "--host", self.host,
+                    "--cores", str(self.cores), "--memory", self.memory, "--work-dir", str(wdir),
+                    "--webui-port", str(free_port(self.host)))
+
+    def state(self) -> dict:
+        with urllib.request.urlopen(f"{self.webui}/json/", timeout=2) as r:
+            return json.loads(r.read())
+
+    def alive_workers(self) -> int:
+        try:
+            return sum(1 for w in self.state().get("workers", []) if w.get("state") == "ALIVE")
+        except (OSError, ValueError):
+            return 0
+
+    def wait_alive(self, n: int) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while self.alive_workers() < n:
+            dead = [k for k, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                raise UserError(f"standalone cluster: {', '.join(dead)} exited; see {self.work_dir}/*.log")
+            if time.monotonic() > deadline:
+                raise UserError(f"standalone cluster: {self.alive_workers()} of {n} workers ALIVE after "
+                                f"{self.start_timeout:.0f}s; see {self.work_dir}/*.log")
+            time.sleep(0.5)
+
+    def kill_worker(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Kill worker ``i``'s JVM and its executor at once (its whole process group)."""
+        _kill_group(self.procs[f"worker{i}"].pid, sig)
+
+    def pids(self) -> dict[str, int]:
+        return {k: p.pid for k, p in self.procs.items()}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for name in sorted(self.procs, reverse=True):   # workers (and their executors) before the master
+            proc = self.procs[name]
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+            _kill_group(proc.pid, signal.SIGKILL)   # anything its group left behind
+        self.procs.clear()
+
+    def __enter__(self) -> StandaloneCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,54 @@
+"""The package as one zip, for executors whose Python does not have ddp_kbit.
+
+``python -m ddp_kbit.pack`` writes ``dist/ddp_kbit.zip`` (ddp_kbit, producers,
+schemas) and a two-line ``dist/ddp_kbit_main.py`` for ``spark-submit --py-files``;
+``--ship-package`` makes the driver send the same zip with every launch, so the
+ranks (torchrun processes that Spark's Python workers start, which do not see
+``--py-files``) import it from there.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+PACKAGES = ("ddp_kbit", "producers", "schemas")
+SUFFIXES = (".py", ".avsc", ".proto", ".json")
+
+
+def _roots() -> list[Path]:
+    import ddp_kbit
+
+    here = Path(ddp_kbit.__file__).resolve().parent.parent
+    return [here / p for p in PACKAGES if (here / p).is_dir()]
+
+
+def package_bytes() -> bytes:
+    """The zip's bytes: the running package's own zip when it was imported from
+    one (spark-submit --py-files), else built from the source tree."""
+    import ddp_kbit
+
+    origin = Path(ddp_kbit.__file__)
+    for parent in origin.parents:
+        if parent.suffix == ".zip" and parent.is_file():
+            return parent.read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for root in _roots():
+            for f in sorted(root.rglob("*")):
+                if f.suffix in SUFFIXES and "__pycache__" not in f.parts:
+                    zf.write(f, f.relative_to(root.parent).as_posix())
+    return buf.getvalue()
+
+
+MAIN = '"""spark-submit entry point: spark-submit --py-files ddp_kbit.zip ddp_kbit_main.py ..."""\n' \
+       "from ddp_kbit.main import cli_entry\n\ncli_entry()\n"
+
+
+def write(out_dir: str | Path = "dist") -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    zpath, main = out / "ddp_kbit.zip", out / "ddp_kbit_main.py"
+    zpath.write_bytes(package_bytes())
+    main.write_text(MAIN)
+    return zpath, main
