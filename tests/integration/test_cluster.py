@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from runs import assert_exact_epochs, train
 
 from ddp_kbit.config import PublishConfig
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
 from ddp_kbit.launch.cluster import StandaloneCluster
+from runs import assert_exact_epochs, train
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
