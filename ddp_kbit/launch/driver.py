@@ -188,12 +188,16 @@ def _how_it_ended(rank: int, code: int | None, signame: str | None) -> str:
     return f"rank {rank} died without a Python error (killed by a signal such as SIGKILL, or out of memory)"
 
 
+_PY_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)):\s*(.*)$")
+
+
 def last_line(text: str) -> str:
-    """The most telling line of a worker failure: its final exception line."""
+    """The most telling line of a launcher's error: the last Python exception line
+    (``ModuleNotFoundError: ...``) rather than a Java frame or Spark's own wrapper."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln:
-            return ln[:500]
+    python = [ln for ln in lines if _PY_ERROR.match(ln) and not ln.startswith(("org.", "java.", "scala.", "py4j."))]
+    for ln in reversed(python or [ln for ln in lines if _PY_ERROR.match(ln)]):
+        return ln[:500]
     return (lines[-1] if lines else "unknown failure")[:500]
 
 

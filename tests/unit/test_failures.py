@@ -56,3 +56,11 @@ def test_barrier_mode_names_the_task_spark_saw_fail_first():
             "ResultTask(0, 1) finished unsuccessfully.\nRuntimeError: TorchDistributor failed during training.")
     got = describe_failure(text, {}, {0, 1})   # Spark killed rank 0 before it could say anything
     assert got.startswith("rank 1 died without a Python error")
+
+
+def test_a_python_error_inside_spark_is_shown_not_a_java_frame():
+    text = ("An error occurred while calling o62.collectToPython.\n: org.apache.spark.SparkException: Job aborted\n"
+            "org.apache.spark.api.python.PythonException: [PYTHON_EXCEPTION] Traceback (most recent call last):\n"
+            "  File \"worker.py\", line 1\nModuleNotFoundError: No module named 'ddp_kbit'\n"
+            "\tat org.apache.spark.sql.execution.QueryExecution$.withInternalError(QueryExecution.scala:927)\n")
+    assert describe_failure(text, {}, set()) == "ModuleNotFoundError: No module named 'ddp_kbit'"
