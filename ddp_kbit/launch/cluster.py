@@ -50,6 +50,25 @@ def _own_group(die_with_parent: bool):
     return setup
 
 
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+
+
+def master_args(host: str, port: int = 7077, webui_port: int = 8080) -> list[str]:
+    """spark-class arguments of a master (docker-compose.yml uses the same)."""
+    return [MASTER_CLASS, "--host", host, "--port", str(port), "--webui-port", str(webui_port)]
+
+
+def worker_args(master_url: str, cores: int, memory: str, work_dir: str | None = None, host: str | None = None,
+                webui_port: int | None = None) -> list[str]:
+    """spark-class arguments of a worker (docker-compose.yml uses the same)."""
+    args = [WORKER_CLASS, master_url, "--cores", str(cores), "--memory", memory]
+    for flag, value in (("--work-dir", work_dir), ("--host", host), ("--webui-port", webui_port)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
 class StandaloneCluster:
     def __init__(self, workers: int = 2, cores: int = 1, memory: str = "1g", work_dir: str | Path | None = None,
                  host: str = "127.0.0.1", detach: bool = False, env: dict | None = None, start_timeout: float = 90):
@@ -81,8 +100,7 @@ class StandaloneCluster:
 
     def start(self) -> StandaloneCluster:
         try:
-            self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", self.host, "--port",
-                        str(self.master_port), "--webui-port", str(self.webui_port))
+            self._spawn("master", *master_args(self.host, self.master_port, self.webui_port))
             for i in range(self.workers):
                 self.start_worker(i)
             self.wait_alive(self.workers)
@@ -94,9 +112,8 @@ class StandaloneCluster:
     def start_worker(self, i: int) -> None:
         wdir = self.work_dir / f"worker{i}"
         wdir.mkdir(parents=True, exist_ok=True)
-        self._spawn(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.master_url, "--host", self.host,
-                    "--cores", str(self.cores), "--memory", self.memory, "--work-dir", str(wdir),
-                    "--webui-port", str(free_port(self.host)))
+        self._spawn(f"worker{i}", *worker_args(self.master_url, self.cores, self.memory, str(wdir), self.host,
+                                               free_port(self.host)))
 
     def state(self) -> dict:
         with urllib.request.urlopen(f"{self.webui}/json/", timeout=2) as r:

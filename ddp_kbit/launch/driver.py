@@ -204,7 +204,10 @@ def last_line(text: str) -> str:
 def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict], restarts: int, dlq: str,
                  missing: list, attempts: list) -> dict:
     result, where = launched
-    where = {**where, "ranks": result.get("ranks", [])}
+    ranks = result.get("ranks", [])
+    where = {**where, "ranks": ranks}
+    if ranks:  # from the launch (Spark session included) to the last rank's start
+        where["startup_s"] = round(max(r["started_at"] for r in ranks) - where["launched_at"], 2)
     config = {"kafka": as_dict(kcfg), "data": as_dict(job.data), "train": as_dict(job.train),
               "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark)}
     return {"mode": "train", "config": config, "spark": where, "world_size": result["world_size"],

@@ -180,10 +180,11 @@ def launch(cfg: SparkConfig, train_fn, spec) -> tuple[dict, dict]:
     it ran (master, application id, Spark version, mode) for the report."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
+    launched_at = time.time()
     spark = get_session(cfg)
     sc = spark.sparkContext
     where = {"master": sc.master, "app_id": sc.applicationId, "spark_version": spark.version,
-             "mode": "barrier" if cfg.distributed else "local"}
+             "mode": "barrier" if cfg.distributed else "local", "launched_at": launched_at}
     fn, args = (shipped(train_fn, spec) if cfg.ship_package else (train_fn, (spec,)))
     distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=not cfg.distributed,
                                    use_gpu=cfg.gpu)

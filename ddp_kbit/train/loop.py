@@ -170,7 +170,8 @@ def placement(rank: int) -> dict:
     directory is <work dir>/<app id>/<executor id>; elsewhere it is the driver's."""
     cwd = Path.cwd()
     executor = cwd.name if cwd.parent.name.startswith("app-") else os.environ.get("SPARK_EXECUTOR_ID", "driver")
-    return {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "executor": executor}
+    return {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "executor": executor,
+            "started_at": time.time()}
 
 
 class Terminated(RuntimeError):

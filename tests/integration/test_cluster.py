@@ -64,6 +64,21 @@ def topic_args(topics):
     return ["--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic]
 
 
+def compose_trainer(master_url: str, run: Path) -> list[str]:
+    """docker-compose.yml's trainer command, with this machine's master and paths
+    (the broker comes from train()): the tests run what the compose file runs."""
+    import yaml
+
+    cmd = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["trainer"]["command"]
+    i = cmd.index("--spark-conf")          # spark.driver.host=trainer: a compose hostname
+    cmd = cmd[:i] + cmd[i + 2:]
+    i = cmd.index("--bootstrap-servers")   # train() passes the test broker
+    cmd = cmd[:i] + cmd[i + 2:]
+    subst = {"spark://spark-master:7077": master_url, "/opt/ddp_kbit/runs/checkpoints": str(run / "checkpoints"),
+             "/opt/ddp_kbit/runs/compose": str(run)}
+    return [subst.get(a, a) for a in cmd]
+
+
 def test_cluster_is_ready_with_every_worker_alive(cluster):
     state = cluster.state()
     assert cluster.master_url.startswith("spark://127.0.0.1:")
@@ -72,8 +87,10 @@ def test_cluster_is_ready_with_every_worker_alive(cluster):
 
 
 def test_training_runs_one_rank_per_worker_jvm(kcfg, topics, cluster, tmp_path):
-    report = train(kcfg, tmp_path / "run", *topic_args(topics), "--epochs", "1", "--num-processes", "2",
-                   "--distributed", "--master", cluster.master_url, timeout=600)
+    run = tmp_path / "run"
+    # the compose trainer's command; this test's topics and size last (later flags win)
+    report = train(kcfg, run, *compose_trainer(cluster.master_url, run), *topic_args(topics), "--epochs", "1",
+                   timeout=600)
     spark = report["spark"]
     assert spark["master"] == cluster.master_url and spark["app_id"].startswith("app-") and spark["mode"] == "barrier"
     assert sorted(r["rank"] for r in spark["ranks"]) == [0, 1]
@@ -129,8 +146,8 @@ def test_package_shipped_to_executors_that_cannot_import_it(kcfg, topics, cluste
 
 def test_a_worker_killed_mid_epoch_is_survived_on_fewer_ranks(kcfg, topics, cluster, tmp_path):
     run = tmp_path / "run"
-    cmd_args = [*topic_args(topics), "--epochs", "2", "--num-processes", "2", "--distributed", "--master",
-                cluster.master_url, "--checkpoint-every", "4", "--max-restarts", "1", "--collective-timeout", "60"]
+    cmd_args = [*compose_trainer(cluster.master_url, run), *topic_args(topics), "--epochs", "2",
+                "--checkpoint-every", "4", "--max-restarts", "1", "--collective-timeout", "60"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ddp_kbit.main", "--bootstrap-servers", kcfg.bootstrap_servers, "--batch-size", "64",
          "--eval-batch-size", "200", "--no-progress", "--run-dir", str(run), "--log-level", "WARNING", *cmd_args],
@@ -143,6 +160,7 @@ def test_a_worker_killed_mid_epoch_is_survived_on_fewer_ranks(kcfg, topics, clus
     assert proc.returncode == 0, err[-4000:]
     report = json.loads((run / "report.json").read_text())
     assert report["restarts"] == 1 and [a["world_size"] for a in report["attempts"]] == [2, 1]
+    assert report["config"]["checkpoint"]["dir"] == str(run / "checkpoints")
     assert report["attempts"][0]["error"] and report["world_size"] == 1
     assert_exact_epochs(report, topics["train"])
     assert "restart 1 runs on 1 rank(s)" in err

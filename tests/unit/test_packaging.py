@@ -45,6 +45,22 @@ def test_workers_join_the_master_the_trainer_uses():
         assert "spark://spark-master:7077" in c["services"][w]["command"][0]
 
 
+def test_compose_runs_the_cluster_the_tests_run():
+    """One source of truth: the master and worker arguments are the cluster module's."""
+    from ddp_kbit.launch.cluster import master_args, worker_args
+
+    c = compose()["services"]
+    assert c["spark-master"]["command"][0].endswith("/bin/spark-class " + " ".join(master_args("spark-master")))
+    assert c["spark-worker-1"]["command"][0].endswith(
+        "/bin/spark-class " + " ".join(worker_args("spark://spark-master:7077", 2, "4g", "/opt/work")))
+
+
+def test_readme_shows_the_compose_trainer_command():
+    trainer = compose()["services"]["trainer"]["command"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "ddp-kbit " + " ".join(trainer) in readme
+
+
 def test_dockerfile_uses_the_pinned_torch_and_console_script():
     text = (ROOT / "Dockerfile").read_text()
     assert "torch==2.13.0" in text and 'ENTRYPOINT ["ddp-kbit"]' in text
@@ -55,3 +71,16 @@ def test_dockerfile_uses_the_pinned_torch_and_console_script():
 def test_readme_opens_with_the_two_commands():
     lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("bash ")]
     assert [shlex.split(ln)[1] for ln in lines[:2]] == ["scripts/run.sh", "scripts/test.sh"]
+
+
+def test_pack_holds_the_package_and_its_schema_files(tmp_path):
+    import zipfile
+
+    from ddp_kbit.launch.pack import write
+
+    zpath, main_py = write(tmp_path)
+    names = set(zipfile.ZipFile(zpath).namelist())
+    assert {"ddp_kbit/__init__.py", "ddp_kbit/main.py", "ddp_kbit/wire/avro_codec.py", "schemas/sample.avsc",
+            "schemas/sample_pb2.py", "producers/publish.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+    assert "from ddp_kbit.main import cli_entry" in main_py.read_text()
