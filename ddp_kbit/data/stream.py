@@ -75,23 +75,20 @@ class _PartitionBuffers:
 
     def fill(self, max_records: int, timeout: float) -> int:
         want = max(1, min(max_records, self.outstanding()))
-        parts, offs, vals, topics = self.consumer.poll_values(want, timeout)
-        if not vals:
+        runs = self.consumer.poll_runs(want, timeout)
+        if not runs:
             return 0
         self.last_record = time.monotonic()
-        # A poll returns runs of records per partition: split where (topic, partition) changes.
-        p, t = np.asarray(parts), np.asarray(topics)
-        change = np.flatnonzero((p[1:] != p[:-1]) | (t[1:] != t[:-1])) + 1
-        cuts = [0, *change.tolist(), len(vals)]
-        for a, b in zip(cuts, cuts[1:]):
-            tp = (topics[a], parts[a])
-            self.offs[tp].extend(offs[a:b])
-            self.vals[tp].extend(vals[a:b])
+        got = 0
+        for tp, offs, vals in runs:
+            self.offs[tp].extend(offs)
+            self.vals[tp].extend(vals)
+            got += len(vals)
         full = {tp for tp in self.offs if len(self.offs[tp]) - self.head[tp] >= self.limit} - self.paused
         if full:
             self.consumer.pause(full)
             self.paused |= full
-        return len(vals)
+        return got
 
     def take(self, piece: Slice, out_vals: list, out_offs: list) -> bool:
         """Move ``piece``'s records into out lists; True once the piece is complete."""
@@ -201,23 +198,24 @@ class KafkaStreamDataset(IterableDataset):
     def _read_group(self, group, bufs: _PartitionBuffers, codec) -> list[StreamBatch]:
         """Read several planned batches, decode them in one call (the vectorised
         decoder's fixed cost is per call), then split them again."""
-        vals, offs, origin, bounds = [], [], [], [0]  # origin: (batch, piece) of each value
+        vals, offs, bounds = [], [], [0]
+        good = [[0] * len(batch) for batch in group]    # records received, then good, per piece
+        piece_ends, pieces = [], []                     # where each piece's values end; its (batch, piece)
         for b, batch in enumerate(group):
             for i, piece in enumerate(batch):
                 n0 = len(vals)
                 while not bufs.take(piece, vals, offs):
                     if not bufs.fill(self.data.poll_records, 0.2):
                         self._check_stall(bufs, piece, offs[n0:])
-                origin += [(b, i)] * (len(vals) - n0)
+                good[b][i] = len(vals) - n0
+                piece_ends.append(len(vals))
+                pieces.append((b, i))
             bounds.append(len(vals))
         decoded = codec.decode_batch(vals, self.topic.shape, self.topic.dtype, self.num_classes)
-        good = [[0] * len(batch) for batch in group]
-        for b, i in origin:
-            good[b][i] += 1
         missing = [sum(len(p) for p in batch) - (bounds[b + 1] - bounds[b]) for b, batch in enumerate(group)]
         bad_records = [[] for _ in group]
-        for pos, err in decoded.errors:
-            b, i = origin[pos]
+        for pos, err in decoded.errors:   # rare: find each bad value's piece by bisection
+            b, i = pieces[bisect.bisect_right(piece_ends, pos)]
             good[b][i] -= 1
             piece = group[b][i]
             bad_records[b].append((piece.topic, piece.partition, offs[pos], err.reason))

@@ -6,6 +6,8 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from ddp_kbit.config import KafkaConfig
 from ddp_kbit.errors import ClientError
 from ddp_kbit.kafka.protocol import TP, Closing, DeliveryReport, Record, short
@@ -103,10 +105,23 @@ class Consumer(Closing):
         return [Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() if headers else None)
                 for m in msgs]
 
-    def poll_values(self, max_records: int, timeout: float):
+    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list]]:
+        """A poll returns runs of records per partition: only what varies per record
+        (offset, value) is taken per record; topic and partition once per run."""
         msgs = self._consume(max_records, timeout)
-        return ([m.partition() for m in msgs], [m.offset() for m in msgs], [m.value() for m in msgs],
-                [m.topic() for m in msgs])
+        if not msgs:
+            return []
+        parts = np.fromiter([m.partition() for m in msgs], dtype=np.int64, count=len(msgs))
+        cuts = [0, *(np.flatnonzero(parts[1:] != parts[:-1]) + 1).tolist(), len(msgs)]
+        offs, vals = [m.offset() for m in msgs], [m.value() for m in msgs]
+        runs = []
+        for a, b in zip(cuts, cuts[1:]):
+            run_topic = msgs[a].topic()
+            if msgs[b - 1].topic() != run_topic:  # one partition number in two topics: split by topic too
+                runs += _split_topics(msgs[a:b], offs[a:b], vals[a:b])
+            else:
+                runs.append(((run_topic, int(parts[a])), offs[a:b], vals[a:b]))
+        return runs
 
     def _consume(self, max_records: int, timeout: float) -> list:
         """Messages without errors; a fatal or non-retriable error raises at once."""
@@ -159,6 +174,15 @@ class Consumer(Closing):
 
     def close(self) -> None:
         self._c.close()
+
+
+def _split_topics(msgs, offs, vals) -> list[tuple[tuple, list, list]]:
+    runs, start = [], 0
+    for i in range(1, len(msgs) + 1):
+        if i == len(msgs) or msgs[i].topic() != msgs[start].topic():
+            runs.append(((msgs[start].topic(), msgs[start].partition()), offs[start:i], vals[start:i]))
+            start = i
+    return runs
 
 
 class Admin(Closing):

@@ -89,20 +89,20 @@ class Consumer(Closing):
         for tp, (_, _, o) in zip(tps, positions):
             self._c.seek(tp, o)
 
-    def _poll(self, max_records: int, timeout: float) -> list:
+    def _poll(self, max_records: int, timeout: float) -> dict:
         try:
-            got = self._c.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+            return self._c.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         except Exception as exc:  # a client error on the hot path raises at once, in one line
             raise ClientError(f"consume failed: {short(exc)}") from None
-        return [r for recs in got.values() for r in recs]
 
     def poll(self, max_records=10_000, timeout=0.5, headers=False) -> list[Record]:
         return [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers) if headers else None)
-                for r in self._poll(max_records, timeout)]
+                for recs in self._poll(max_records, timeout).values() for r in recs]
 
-    def poll_values(self, max_records: int, timeout: float):
-        recs = self._poll(max_records, timeout)
-        return [r.partition for r in recs], [r.offset for r in recs], [r.value for r in recs], [r.topic for r in recs]
+    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list]]:
+        """kafka-python already hands records out per partition."""
+        return [((tp.topic, tp.partition), [r.offset for r in recs], [r.value for r in recs])
+                for tp, recs in self._poll(max_records, timeout).items() if recs]
 
     def drain(self, count: int, idle_timeout: float = 30.0) -> int:
         """The cheapest honest consume loop (a benchmark's ceiling); see the confluent adapter."""

@@ -81,8 +81,9 @@ class RecordConsumer(Protocol):
 
     def poll(self, max_records: int = 10_000, timeout: float = 0.5, headers: bool = False) -> list[Record]: ...
 
-    def poll_values(self, max_records: int, timeout: float) -> tuple[list, list, list, list]:
-        """Hot path: (partitions, offsets, values, topics) as parallel lists."""
+    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list]]:
+        """Hot path: ``[((topic, partition), offsets, values), ...]``, one entry per run of
+        records from one partition, in the order received."""
 
     def drain(self, count: int, idle_timeout: float = 30.0) -> int:
         """Benchmark ceiling: consume ``count`` records touching each value's length; the values' bytes."""

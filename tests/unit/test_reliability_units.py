@@ -79,6 +79,12 @@ class _Msg:
     def partition(self):
         return 0
 
+    def offset(self):
+        return 0
+
+    def value(self):
+        return b"v"
+
 
 class _Err:
     def __init__(self, fatal, retriable):
@@ -100,7 +106,7 @@ def test_a_fatal_consume_error_raises_at_once_on_the_hot_path():
     c = object.__new__(Consumer)
     c._c = type("C", (), {"consume": lambda self, n, t: [_Msg(), _Msg(_Err(False, False)), _Msg()]})()
     with pytest.raises(ClientError, match="consume failed on t\\[0\\]: Broker: Topic authorization failed"):
-        c.poll_values(10, 0.1)
+        c.poll_runs(10, 0.1)
     c._c = type("C", (), {"consume": lambda self, n, t: [_Msg(), _Msg(_Err(False, True))]})()
     assert len(c._consume(10, 0.1)) == 1   # a retriable one is skipped
 
@@ -112,3 +118,35 @@ def test_dataloader_workers_are_refused_with_a_clear_error():
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)
     with pytest.raises(StreamError, match="DataLoader worker processes would each read the same records"):
         next(iter(loader))
+
+
+class _Rec:
+    def __init__(self, topic, partition, offset):
+        self.t, self.p, self.o = topic, partition, offset
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return self.t
+
+    def partition(self):
+        return self.p
+
+    def offset(self):
+        return self.o
+
+    def value(self):
+        return f"{self.t}{self.p}@{self.o}".encode()
+
+
+def test_confluent_poll_runs_split_where_partition_or_topic_changes():
+    from ddp_kbit.kafka.confluent import Consumer
+
+    recs = [_Rec("a", 0, 5), _Rec("a", 0, 6), _Rec("a", 1, 0), _Rec("b", 1, 7), _Rec("b", 1, 8), _Rec("a", 0, 7)]
+    c = object.__new__(Consumer)
+    c._c = type("C", (), {"consume": lambda self, n, t: recs})()
+    runs = c.poll_runs(10, 0.1)
+    assert [(tp, offs) for tp, offs, _ in runs] == [(("a", 0), [5, 6]), (("a", 1), [0]), (("b", 1), [7, 8]),
+                                                    (("a", 0), [7])]
+    assert runs[2][2] == [b"b1@7", b"b1@8"]

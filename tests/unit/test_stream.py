@@ -22,19 +22,19 @@ class CannedConsumer:
     def assign(self, positions):
         self.pos = {(t, p): o for t, p, o in positions}
 
-    def poll_values(self, max_records, timeout):
+    def poll_runs(self, max_records, timeout):
         if self.fail is not None:
             raise self.fail
-        parts, offs, vals, topics = [], [], [], []
+        runs, budget = [], max_records
         for tp, o in self.pos.items():
-            if tp in self.paused:
+            if tp in self.paused or budget <= 0:
                 continue
-            recs = [(off, v) for off, v in self.logs[tp] if off >= o][: self.chunk]
-            for off, v in recs:
-                topics.append(tp[0]), parts.append(tp[1]), offs.append(off), vals.append(v)
+            recs = [(off, v) for off, v in self.logs[tp] if off >= o][: min(self.chunk, budget)]
             if recs:
+                runs.append((tp, [off for off, _ in recs], [v for _, v in recs]))
                 self.pos[tp] = recs[-1][0] + 1
-        return parts, offs, vals, topics
+                budget -= len(recs)
+        return runs
 
     def pause(self, tps):
         self.paused |= set(tps)
