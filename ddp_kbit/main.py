@@ -147,6 +147,8 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     opt("iterations", type=int, metavar="N", help="measured iterations per condition, interleaved round-robin")
     opt("warmup", type=int, metavar="N", help="extra iterations first, recorded as warmup and left out of the statistics")
     opt("limit", type=int, metavar="N", help="records per topic (default the whole split)")
+    opt("passes", type=int, metavar="N", help="reads of the whole topic per ingest measurement, a consumer each "
+        "(more records per measurement, less noise)")
     opt("output_dir", metavar="DIR", help="where results.csv, summary.csv, results.json, plots and report.md go "
         "(default <run dir>/experiment)")
 
