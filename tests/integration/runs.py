@@ -1,8 +1,10 @@
 """Helpers the integration tests share: write a topic with a plain producer, run
 the training CLI as a user would, and check that epochs are exact."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import chaos
 
@@ -10,6 +12,8 @@ from ddp_kbit import kafka
 from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.wire import get_codec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt: str = "protobuf"):
@@ -65,3 +69,16 @@ def assert_exact_epochs(report, m: manifest.Manifest, bad: int = 0):
             assert all(a[1] == b[0] for a, b in zip(ivs, ivs[1:])), f"gap or overlap in partition {p}: {ivs}"
         assert sum(c["count"] for c in e["consumed"]) == e["samples"] == m.record_count - bad
         assert e["bad_records"] == bad and e["missing_records"] == 0
+
+
+def spark_submit(kcfg, master: str, tmp_path, *args) -> dict:
+    """`spark-submit --master M ddp_kbit/main.py --mode train --distributed ...` as a user
+    with an activated venv runs it (Spark and Python found on PATH); the report."""
+    submit = Path(sys.executable).parent / "spark-submit"
+    cmd = [str(submit), "--master", master, str(ROOT / "ddp_kbit" / "main.py"), "--mode", "train", "--distributed",
+           "--bootstrap-servers", kcfg.bootstrap_servers, "--epochs", "1", "--num-processes", "2", "--batch-size",
+           "64", "--no-progress", "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
+    env = {**os.environ, "PATH": f"{submit.parent}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return json.loads((Path(tmp_path) / "report.json").read_text())

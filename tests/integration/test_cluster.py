@@ -16,7 +16,7 @@ from ddp_kbit.config import PublishConfig
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
 from ddp_kbit.launch.cluster import StandaloneCluster
-from runs import assert_exact_epochs, train
+from runs import assert_exact_epochs, spark_submit, train
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,15 +101,7 @@ def test_training_runs_one_rank_per_worker_jvm(kcfg, topics, cluster, tmp_path):
 
 
 def test_spark_submit_in_client_mode(kcfg, topics, cluster, tmp_path):
-    submit = Path(sys.executable).parent / "spark-submit"
-    cmd = [str(submit), "--master", cluster.master_url, str(ROOT / "ddp_kbit" / "main.py"), "--mode", "train",
-           "--distributed", "--bootstrap-servers", kcfg.bootstrap_servers, *topic_args(topics), "--epochs", "1",
-           "--num-processes", "2", "--batch-size", "64", "--no-progress", "--run-dir", str(tmp_path),
-           "--log-level", "WARNING"]
-    env = {**os.environ, "PATH": f"{submit.parent}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = spark_submit(kcfg, cluster.master_url, tmp_path, *topic_args(topics))
     assert report["spark"]["master"] == cluster.master_url and len({x["executor"] for x in report["spark"]["ranks"]}) == 2
     assert_exact_epochs(report, topics["train"])
 

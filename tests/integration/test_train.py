@@ -1,12 +1,9 @@
 """Training end to end through the CLI: embedded broker + local Spark +
 TorchDistributor, in local mode and barrier mode, on skewed partitions, with
 malformed records, and interrupted-then-resumed runs with exact epochs."""
-import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
-from runs import assert_exact_epochs, train, write_topic
+from runs import assert_exact_epochs, spark_submit, train, write_topic
 
 pytestmark = pytest.mark.slow
 TRAIN_N, TEST_N = 2400, 600
@@ -170,18 +167,8 @@ def test_help_explains_every_flag():
 def test_spark_submit_entry_point(kcfg, topics, tmp_path):
     """`spark-submit ddp_kbit/main.py ...`: the file runs as a script, and spark-submit's
     --master is kept, not replaced by spark_conf/spark-defaults.conf."""
-    root = Path(__file__).resolve().parents[2]
-    submit = Path(sys.executable).parent / "spark-submit"
-    cmd = [str(submit), "--master", "local[3]", str(root / "ddp_kbit" / "main.py"), "--mode", "train",
-           "--distributed", "--bootstrap-servers", kcfg.bootstrap_servers, "--format", "protobuf",
-           "--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic, "--epochs", "1",
-           "--num-processes", "2", "--batch-size", "64", "--no-progress", "--run-dir", str(tmp_path),
-           "--log-level", "WARNING"]
-    # as with an activated venv: spark-submit finds Spark and Python on PATH
-    env = {**os.environ, "PATH": f"{submit.parent}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = spark_submit(kcfg, "local[3]", tmp_path, "--format", "protobuf", "--train-topic",
+                          topics["train"].topic, "--test-topic", topics["test"].topic)
     assert report["world_size"] == 2
     # spark-defaults.conf alone would have made it local[2]
     assert report["spark"]["master"] == "local[3]" and report["spark"]["mode"] == "barrier"
