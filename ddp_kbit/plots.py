@@ -92,5 +92,6 @@ def study_scaling(lines: dict[str, list[tuple[int, float, float, float]]], path:
         ax.errorbar(xs, med, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], marker="o",
                     capsize=3, label=label)
     ax.set(title="records/s against processes (median, 95% CI)", xlabel="processes", ylabel="records/s")
+    ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
     ax.legend(fontsize=8)
     return _save(plt, fig, path)

@@ -39,7 +39,7 @@ def make_plots(rows: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Pat
         made.append(plots.study_bytes(pub[["label", "bytes_per_record"]].to_dict("records"), out / "bytes_per_record.png"))
     if summary["num_processes"].nunique() > 1:
         lines: dict[str, list] = {}
-        for r in summary[summary["n"] > 0].to_dict("records"):
+        for r in summary[(summary["n"] > 0) & (summary["format"] != MEMORY)].to_dict("records"):  # Kafka paths
             key = r["label"].rsplit(" ", 1)[0]
             lines.setdefault(key, []).append((int(r["num_processes"]), r["median"], r["median_ci_low"],
                                               r["median_ci_high"]))

@@ -17,6 +17,7 @@ from ddp_kbit.experiment.grid import COLUMNS, MEMORY, RAW, Condition, baseline_o
 
 METRIC = "records_per_s"
 N_RESAMPLES = 9999
+MIN_N = 3   # fewer measured iterations give no interval worth comparing
 
 
 def describe(values, seed: int = 0, confidence: float = 0.95) -> dict:
@@ -90,7 +91,11 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
     for _, grp in kafka_rows.groupby(group_cols, sort=False):
         ranked = grp.sort_values("median", ascending=False).to_dict("records")
         for a, b in zip(ranked, ranked[1:]):
-            real = a["median_ci_low"] > b["median_ci_high"]
-            lines.append(f"{a['label']} vs {b['format']}: {a['median'] / b['median']:.2f}x, "
-                         f"{'real (intervals apart)' if real else 'noise (intervals overlap)'}")
+            if min(a["n"], b["n"]) < MIN_N:
+                verdict = f"too few iterations to tell (n < {MIN_N})"
+            elif a["median_ci_low"] > b["median_ci_high"]:
+                verdict = "real (intervals apart)"
+            else:
+                verdict = "noise (intervals overlap)"
+            lines.append(f"{a['label']} vs {b['format']}: {a['median'] / b['median']:.2f}x, {verdict}")
     return lines

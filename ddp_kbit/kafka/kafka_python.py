@@ -44,6 +44,19 @@ class Producer(Closing):
         conf.update(extra or {})
         self._p = connect(KafkaProducer, cfg, **conf)
         self.report = DeliveryReport()
+        if measure:
+            self._count_batch_bytes()
+
+    def _count_batch_bytes(self) -> None:
+        """kafka-python measures each record batch it sends (after compression) but keeps
+        only windowed averages; add a running total to the same sensor."""
+        from kafka.metrics.stats import Total
+
+        sensors = getattr(getattr(self._p, "_sender", None), "_sensors", None)
+        if sensors is not None:
+            sensors.batch_size_sensor.add(
+                sensors.metrics.metric_name("batch-size-total", "producer-metrics", "bytes of record batches sent"),
+                Total())
 
     def send(self, topic, value, key=None, partition=None, headers=None) -> None:
         fut = self._p.send(topic, value=value, key=key, partition=partition, headers=headers or [])
@@ -52,13 +65,10 @@ class Producer(Closing):
         fut.add_errback(lambda exc: self.report.fail(repr(exc)))
 
     def wire_bytes(self) -> int | None:
-        """Bytes of the acknowledged records as sent (after compression), from the
-        client's own metrics: record size x compression rate."""
-        m = self._p.metrics().get("producer-metrics", {})
-        size, rate = m.get("record-size-avg"), m.get("compression-rate-avg")
-        if not size or rate is None or rate != rate:  # no batch sent yet (rate is NaN)
-            return None
-        return round(self.report.acked * size * (rate or 1.0))
+        """Bytes of the record batches sent so far (after compression), from the
+        client's own batch-size sensor; None without ``measure``."""
+        total = self._p.metrics().get("producer-metrics", {}).get("batch-size-total")
+        return int(total) if total is not None else None
 
     def flush(self, timeout: float = 120.0) -> int:
         try:
