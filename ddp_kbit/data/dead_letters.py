@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 
 SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET = "ddp_kbit.source.topic", "ddp_kbit.source.partition", "ddp_kbit.source.offset"
-BadKey = tuple  # (topic, partition, offset) of a bad source record
 
 
 def dlq_topic(topic: str) -> str:

@@ -136,10 +136,6 @@ class StandaloneCluster:
                                 f"{self.start_timeout:.0f}s; see {self.work_dir}/*.log")
             time.sleep(0.5)
 
-    def kill_worker(self, i: int, sig: int = signal.SIGKILL) -> None:
-        """Kill worker ``i``'s JVM and its executor at once (its whole process group)."""
-        _kill_group(self.procs[f"worker{i}"].pid, sig)
-
     def pids(self) -> dict[str, int]:
         return {k: p.pid for k, p in self.procs.items()}
 

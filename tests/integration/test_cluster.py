@@ -5,6 +5,7 @@ it, a worker killed mid-epoch, a barrier stage that cannot get its slots, and
 nothing left running afterwards (checked by process group)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -147,7 +148,7 @@ def test_a_worker_killed_mid_epoch_is_survived_on_fewer_ranks(kcfg, topics, clus
     deadline = time.monotonic() + 300
     while not list((run / "checkpoints").glob("ckpt-s*.pt")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    cluster.kill_worker(1)            # the worker JVM and its executor, SIGKILL, mid-epoch 1
+    os.killpg(cluster.pids()["worker1"], signal.SIGKILL)   # the worker JVM and its executor, mid-epoch 1
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-4000:]
     report = json.loads((run / "report.json").read_text())
