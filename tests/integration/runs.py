@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import chaos
-
 from ddp_kbit import kafka
 from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.wire import get_codec
+
+import chaos
 
 ROOT = Path(__file__).resolve().parents[2]
 

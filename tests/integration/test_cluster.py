@@ -17,6 +17,7 @@ from ddp_kbit.config import PublishConfig
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
 from ddp_kbit.launch.cluster import StandaloneCluster
+
 from runs import assert_exact_epochs, spark_submit, train
 
 pytestmark = pytest.mark.slow

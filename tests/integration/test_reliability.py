@@ -13,12 +13,13 @@ import time
 import pytest
 import torch
 from confluent_kafka import Producer
-from runs import assert_exact_epochs, train, write_topic
 
 from ddp_kbit import kafka
 from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.wire import Sample, get_codec
+
+from runs import assert_exact_epochs, train, write_topic
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
+
 from runs import assert_exact_epochs, spark_submit, train, write_topic
 
 pytestmark = pytest.mark.slow
