@@ -65,9 +65,14 @@ class RankPlan:
 
 def interleave(slices: Sequence[Slice], chunk: int, seed: int) -> list[Slice]:
     """Chunks of ``chunk`` offsets in a seeded order that mixes partitions, while each
-    partition is still read front to back (so a checkpoint is a next offset per slice)."""
-    queues = [[Slice(s.topic, s.partition, a, min(a + chunk, s.end)) for a in range(s.start, s.end, chunk)]
-              for s in sorted(slices)]
+    partition is still read front to back (so a checkpoint is a next offset per slice).
+    One queue per partition, not per slice: a rank resumed on another world size can
+    hold several slices of one partition, and its consumer reads them in offset order."""
+    per_partition: dict[tuple[str, int], list[Slice]] = {}
+    for s in sorted(slices):
+        per_partition.setdefault(s.tp, []).extend(
+            Slice(s.topic, s.partition, a, min(a + chunk, s.end)) for a in range(s.start, s.end, chunk))
+    queues = list(per_partition.values())
     rng, order = random.Random(seed), []
     for i, q in enumerate(queues):
         order += [i] * len(q)

@@ -148,3 +148,9 @@ def test_resume_plans_exactly_the_remainder(parts, world, world2, batch, done, s
     used_offsets = collections.Counter((s.topic, s.partition, o) for s in used for o in range(s.start, s.end))
     assert offsets_of(resumed) + used_offsets == offsets_of(plans)
     assert not set(offsets_of(resumed)) & set(used_offsets)
+    for pl in resumed:              # front to back, even across several slices of one partition
+        last = {}
+        for b in pl.batches:
+            for s in b:
+                assert s.start >= last.get(s.tp, -1)
+                last[s.tp] = s.end

@@ -169,3 +169,17 @@ def test_to_device_scales_and_orders_channels():
     imgs = torch.full((2, 3, 5, 3), 255, dtype=torch.uint8)
     x, y = to_device(StreamBatch(imgs, torch.tensor([1, 2]), ()), torch.device("cpu"))
     assert x.shape == (2, 3, 3, 5) and x.dtype == torch.float32 and float(x.max()) == 1.0
+
+
+def test_several_slices_of_one_partition_are_all_read():
+    # what a resume on another world size plans when a partition was cut between ranks:
+    # two disjoint slices of partition 0 on one rank, read with one consumer position
+    logs, images = make_logs([300, 300])
+    rest = [Slice("t", 0, 10, 120), Slice("t", 0, 150, 300), Slice("t", 1, 40, 300)]
+    for seed in range(3):
+        plan = plan_epoch(rest, 1, 8, seed=seed)[0]
+        ds = dataset(logs, plan, stall_timeout_s=5)
+        batches = list(ds)
+        got = sorted(o for b in batches for s in b.used for o in range(s.start, s.end))
+        assert got == sorted(o for s in rest for o in range(s.start, s.end))
+        assert sum(len(b) for b in batches) == sum(len(s) for s in rest) and not any(b.missing for b in batches)
