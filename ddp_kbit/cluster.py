@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from ddp_kbit import cli
 from ddp_kbit.errors import UserError
 from ddp_kbit.launch.cluster import StandaloneCluster
+from ddp_kbit.procs import kill_group
 
 DEFAULT_STATE = Path.home() / ".ddp_kbit" / "cluster.json"
 
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info, indent=2))
         return 0
     for pid in info["pids"].values():
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        kill_group(pid, signal.SIGTERM)
     state.unlink()
     print(f"stopped {info['master_url']}")
     return 0

