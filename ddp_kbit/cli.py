@@ -87,10 +87,9 @@ def add_kafka_args(p: argparse.ArgumentParser) -> None:
     opt("request_timeout_s", type=float, metavar="S", help="give up on an unreachable broker after this long")
 
 
-def config_group(cls, args: argparse.Namespace, extra_sections=()) -> tuple:
-    """(A grouping config such as JobConfig from the file and the flags, the file's sections)."""
-    file_cfg = load_config_file(args.config, [*sections_of(cls), *extra_sections])
-    return build_group(cls, file_cfg, overrides(args)), file_cfg
+def config_group(cls, args: argparse.Namespace):
+    """A grouping config such as JobConfig, from the config file and the flags."""
+    return build_group(cls, load_config_file(args.config, sections_of(cls)), overrides(args))
 
 
 @contextlib.contextmanager

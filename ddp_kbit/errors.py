@@ -8,6 +8,15 @@ from __future__ import annotations
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
+def first_line(exc: BaseException, limit: int | None = None, default: str | None = None) -> str:
+    """An exception's first non-blank line (at most ``limit`` characters); ``default``
+    (else the exception's type name) when its text is empty."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if default is None else default
+    return text.splitlines()[0][:limit]
+
+
 class UserError(RuntimeError):
     """A failure the user can act on; printed as one line, exit 1."""
 

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    job, _ = cli.config_group(PublishJob, args)
+    job = cli.config_group(PublishJob, args)
     logs.configure(job.general.log_level, secrets=job.kafka.secrets)
     ds = load_dataset(job.publish.dataset, job.publish.split, job.publish.data_dir, job.publish.limit, job.synthetic)
     run_dir = make_run_dir(job.general.run_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ddp_kbit.config import DATASETS, SyntheticConfig
-from ddp_kbit.errors import DatasetError
+from ddp_kbit.errors import DatasetError, first_line
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 MNIST_DIR = "/usr/share/datasets/mnist"
@@ -119,7 +119,7 @@ def load_gtsrb(data_dir: Path, split: str) -> Dataset:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, UnicodeDecodeError, OSError) as exc:
         raise DatasetError(f"{path} is not a readable dataset pickle ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})") from None
+                           f"{first_line(exc, 120, 'no detail')})") from None
     if not isinstance(obj, dict) or "features" not in obj or "labels" not in obj:
         raise DatasetError(f"{path}: expected a dict with 'features' and 'labels'")
     images, labels = np.asarray(obj["features"]), np.asarray(obj["labels"]).astype(np.int64)

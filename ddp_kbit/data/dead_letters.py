@@ -55,19 +55,12 @@ class BadRecords:
         self.count += len(reasons)
         self.by_reason.update(reasons)
 
-    def __add__(self, other: BadRecords) -> BadRecords:
-        return BadRecords(self.count + other.count, self.seen + other.seen, self.by_reason + other.by_reason)
-
     @property
     def fraction(self) -> float:
         return self.count / self.seen if self.seen else 0.0
 
     def to_dict(self) -> dict:
         return {"count": self.count, "seen": self.seen, "by_reason": dict(sorted(self.by_reason.items()))}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BadRecords:
-        return cls(int(d["count"]), int(d["seen"]), collections.Counter(d["by_reason"]))
 
 
 class DeadLetters:

@@ -180,9 +180,7 @@ def coverage(m: Manifest, bounds: dict[int, tuple[int, int]]) -> Coverage:
 
 
 def broker_bounds(cfg: KafkaConfig, m: Manifest) -> dict[int, tuple[int, int]]:
-    with kafka.make_consumer(cfg, group_id="ddp_kbit.manifest-reader") as consumer:
-        bounds = kafka.end_offsets(consumer, [(m.topic, p) for p in sorted(m.partitions)])
-    return {p: b for (_, p), b in bounds.items()}
+    return kafka.partition_bounds(cfg, m.topic, sorted(m.partitions), group_id="ddp_kbit.manifest-reader")
 
 
 def without(m: Manifest, missing) -> Manifest:

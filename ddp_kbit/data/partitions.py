@@ -62,6 +62,15 @@ class RankPlan:
     slices: tuple[Slice, ...]
     batches: tuple[tuple[Slice, ...], ...]
 
+    def span(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Per partition: the first planned offset and one past the last (where this
+        rank's consumer starts, and how far it reads)."""
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        for s in self.slices:
+            lo, hi = out.get(s.tp, (s.start, s.end))
+            out[s.tp] = (min(lo, s.start), max(hi, s.end))
+        return out
+
 
 def interleave(slices: Sequence[Slice], chunk: int, seed: int) -> list[Slice]:
     """Chunks of ``chunk`` offsets in a seeded order that mixes partitions, while each

@@ -54,8 +54,7 @@ def check_target(kcfg: KafkaConfig, topic: str, partitions: int, force: bool) ->
     if topics[topic] != partitions:
         raise UserError(f"topic {topic} exists with {topics[topic]} partitions, not {partitions}; "
                         f"pass --partitions {topics[topic]} or choose another --topic")
-    with kafka.make_consumer(kcfg, group_id="ddp_kbit.publisher") as consumer:
-        bounds = kafka.end_offsets(consumer, [(topic, p) for p in range(partitions)])
+    bounds = kafka.partition_bounds(kcfg, topic, range(partitions), group_id="ddp_kbit.publisher")
     held = sum(hi - lo for lo, hi in bounds.values())
     if held and not force:
         raise UserError(f"topic {topic} already holds {held} records; pass --force to append "
@@ -90,7 +89,7 @@ def publish(kcfg: KafkaConfig, pcfg: PublishConfig, ds: Dataset, progress: bool 
     check_target(kcfg, topic, pcfg.partitions, pcfg.force)
     with kafka.make_producer(kcfg, pcfg.compression) as producer:
         nbytes, seconds = produce_all(producer, codec, ds, topic, pcfg.partitions, progress)
-        ranges = {p: tuple(r) for (t, p), r in producer.report.ranges.items() if t == topic}
+        ranges = producer.report.ranges_of(topic)
     found = sum(e - s for s, e in ranges.values())
     if found != len(ds):  # a gap would mean the manifest points at records we did not write
         raise UserError(f"acknowledged offsets cover {found} records, expected {len(ds)}; no manifest written")

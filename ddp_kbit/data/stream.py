@@ -52,9 +52,9 @@ class _PartitionBuffers:
     order (slices and bisects, no per-record Python work); a partition whose
     buffer is full is paused so an idle one cannot fill memory."""
 
-    def __init__(self, consumer, limit: int, ends: dict[tuple, int], starts: dict[tuple, int]):
-        """``starts``/``ends``: per partition, the first and one past the last planned offset."""
-        self.consumer, self.limit, self.ends, self.starts = consumer, limit, ends, starts
+    def __init__(self, consumer, limit: int, span: dict[tuple, tuple[int, int]]):
+        """``span``: per partition, the first and one past the last planned offset."""
+        self.consumer, self.limit, self.span = consumer, limit, span
         self.offs: dict[tuple, list] = collections.defaultdict(list)
         self.vals: dict[tuple, list] = collections.defaultdict(list)
         self.head: dict[tuple, int] = collections.defaultdict(int)  # first not yet handed out
@@ -67,10 +67,10 @@ class _PartitionBuffers:
         asks for no more, so the last poll of a slice returns at once instead of
         waiting out its timeout for records that will never come."""
         n = 0
-        for tp, end in self.ends.items():
+        for tp, (start, end) in self.span.items():
             if tp not in self.paused:
                 offs = self.offs[tp]
-                n += max(0, end - (offs[-1] + 1 if offs else self.starts[tp]))
+                n += max(0, end - (offs[-1] + 1 if offs else start))
         return n
 
     def fill(self, max_records: int, timeout: float) -> int:
@@ -177,13 +177,9 @@ class KafkaStreamDataset(IterableDataset):
     def _produce(self, batches, q: queue.Queue, stop: threading.Event) -> None:
         try:
             with self._consumer_factory() as consumer:
-                first, ends = {}, {}
-                for b in batches:
-                    for piece in b:
-                        first.setdefault(piece.tp, piece.start)
-                        ends[piece.tp] = max(ends.get(piece.tp, 0), piece.end)
-                consumer.assign([(t, p, o) for (t, p), o in first.items()])
-                bufs = _PartitionBuffers(consumer, self.data.buffer_records, ends, first)
+                span = self.plan.span()
+                consumer.assign([(t, p, start) for (t, p), (start, _) in span.items()])
+                bufs = _PartitionBuffers(consumer, self.data.buffer_records, span)
                 codec = get_codec(self.topic.format, self.topic.layout)
                 per_group = max(1, self.data.decode_records // max(1, self.plan_batch_size()))
                 for g in range(0, len(batches), per_group):

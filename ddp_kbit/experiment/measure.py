@@ -113,11 +113,8 @@ def raw_drain(cfg: KafkaConfig, plan) -> int:
     decoding and none of the stream's own per-poll work. (A slice that ends inside a
     partition may read a few records past it in the last poll; it counts as planned.)"""
     want = sum(len(s) for s in plan.slices)
-    first = {}
-    for s in plan.slices:
-        first.setdefault(s.tp, s.start)
     with kafka.make_consumer(cfg, group_id="ddp_kbit.experiment.raw") as consumer:
-        consumer.assign([(t, p, o) for (t, p), o in first.items()])
+        consumer.assign([(t, p, start) for (t, p), (start, _) in plan.span().items()])
         consumer.drain(want)
     return want
 

@@ -2,9 +2,9 @@
 (``formats.toml`` is the default). Adding a study means adding a file."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+from ddp_kbit.config import load_config_file
 from ddp_kbit.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -23,10 +23,7 @@ def load(name_or_file: str) -> dict:
             raise ConfigError(f"unknown preset {name_or_file!r}; available: {', '.join(found) or 'none'} "
                               f"(in {PRESET_DIR}), or a path to a .toml file")
         path = found[name_or_file]
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"preset {path} is not readable TOML: {exc}") from None
-    if set(data) != {"experiment"}:
+    data = load_config_file(path, ["experiment"])   # a config file holding only [experiment]
+    if "experiment" not in data:
         raise ConfigError(f"preset {path} must hold exactly one [experiment] section")
     return {**data["experiment"], "preset": path.stem}

@@ -23,6 +23,7 @@ from ddp_kbit.config import ExperimentConfig, JobConfig, KafkaConfig, PublishCon
 from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import produce_all, publish
+from ddp_kbit.errors import first_line
 from ddp_kbit.experiment import grid, measure, report, results, stats
 from ddp_kbit.experiment.grid import RANK_SIDE, RAW, Condition
 from ddp_kbit.files import write_json
@@ -58,12 +59,17 @@ def experiment_fn(task: RankTask) -> None:
                 try:
                     mine, err = measure.measure_rank(task.side, cond, rank, world, device, where), ""
                 except Exception as exc:  # recorded, and the study goes on
-                    mine, err = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                    mine, err = None, error_text(exc)
                 parts = dist.gather((mine, err))
                 if rank == 0:
                     results.append_row(task.results_csv, cond, iteration, warm, combine(parts))
     finally:
         dist.teardown()
+
+
+def error_text(exc: Exception) -> str:
+    """A failed measurement's ``error`` cell: the exception's type and first line."""
+    return f"{type(exc).__name__}: {first_line(exc, 300, '')}"
 
 
 def combine(parts: list[tuple[dict | None, str]]) -> dict:
@@ -110,20 +116,17 @@ def ensure_topic(kcfg: KafkaConfig, cfg: ExperimentConfig, key: tuple, ds, split
 
 
 def ensure_raw_topic(kcfg: KafkaConfig, name: str, key, ds, split: str, partitions: int):
-    bounds = {}
-    if name in kafka.topics(kcfg):
-        with kafka.make_consumer(kcfg) as consumer:
-            bounds = kafka.end_offsets(consumer, [(name, p) for p in range(partitions)])
+    bounds = kafka.partition_bounds(kcfg, name, range(partitions)) if name in kafka.topics(kcfg) else {}
     if sum(hi - lo for lo, hi in bounds.values()) != len(ds):
         with kafka.make_admin(kcfg) as admin:
             admin.create_topic(name, partitions)
         with kafka.make_producer(kcfg, key[2]) as producer:
             produce_all(producer, measure.RawBytes(), ds, name, partitions, progress=False)
-            bounds = {(name, p): tuple(r) for (t, p), r in producer.report.ranges.items() if t == name}
+            bounds = producer.report.ranges_of(name)
     return manifest.Manifest(topic=name, dataset=ds.name, split=split, format=RAW, layout="bytes",
                              num_samples=len(ds), shape=ds.shape, dtype=str(ds.images.dtype),
                              num_classes=ds.num_classes, class_names=None,
-                             partitions={p: tuple(b) for (_, p), b in sorted(bounds.items())}, compression=key[2])
+                             partitions=dict(sorted(bounds.items())), compression=key[2])
 
 
 def mean_value_bytes(kcfg: KafkaConfig, m, sample: int = 500) -> float:
@@ -169,7 +172,7 @@ def publish_rounds(kcfg: KafkaConfig, conds: list[Condition], ds, cfg: Experimen
                 try:
                     values = measure.publish_once(kcfg, cond, ds, cfg.partitions, topic)
                 except Exception as exc:
-                    values = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                    values = {"error": error_text(exc)}
                 results.append_row(csv, cond, iteration, warm, values)
                 bar.update(1)
 
@@ -187,7 +190,7 @@ def rank_rounds(job: JobConfig, side: measure.RankSide, conds: list[Condition], 
             try:
                 spark.launch(replace(job.spark, num_processes=np_), experiment_fn, task)
             except Exception as exc:  # the launch itself failed: what it did not measure is recorded as failed
-                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc, 300)
                 log.error("launch with %d process(es) failed: %s", np_, reason)
                 record_missing(csv, group, chunk, f"launch failed: {reason}")
 

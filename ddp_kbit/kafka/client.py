@@ -65,6 +65,13 @@ def end_offsets(consumer: RecordConsumer, tps: Sequence[TP], timeout: float = 10
     return {tp: (listed[tp][0], max(listed[tp][1], high[tp])) for tp in tps}
 
 
+def partition_bounds(cfg: KafkaConfig, topic: str, partitions, group_id: str = "ddp_kbit") -> dict[int, tuple[int, int]]:
+    """Partition -> (log start, high watermark) of ``topic``'s ``partitions`` (numbers), now."""
+    with make_consumer(cfg, group_id=group_id) as consumer:
+        bounds = end_offsets(consumer, [(topic, p) for p in partitions])
+    return {p: b for (_, p), b in bounds.items()}
+
+
 def read_all(consumer: RecordConsumer, tps: Sequence[TP], ends: dict[TP, int] | None = None,
              starts: dict[TP, int] | None = None, headers: bool = False, timeout: float = 30.0) -> list[Record]:
     """Every record of ``tps`` from start (default: log start) to end (default: the

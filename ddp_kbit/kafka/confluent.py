@@ -10,7 +10,7 @@ import numpy as np
 
 from ddp_kbit.config import KafkaConfig
 from ddp_kbit.errors import ClientError
-from ddp_kbit.kafka.protocol import TP, Closing, DeliveryReport, Record, short
+from ddp_kbit.kafka.protocol import TP, Closing, DeliveryReport, Record, drain_polls, short
 
 # librdkafka logs to stderr by default; route it through Python logging so a
 # refused connection is one clear error line, not a screenful of retries.
@@ -138,16 +138,11 @@ class Consumer(Closing):
         """The cheapest honest consume loop (a benchmark's ceiling): ``count`` records
         of the assigned partitions in polls of 20,000, each value's length touched,
         nothing else done per record. Returns the bytes of the values."""
-        got = nbytes = 0
-        last = time.monotonic()
-        while got < count:
-            msgs = self._c.consume(min(20_000, count - got), 0.5)  # never wait for records that will not come
-            if msgs:
-                nbytes += sum([len(m.value() or b"") for m in msgs])
-                got, last = got + len(msgs), time.monotonic()
-            elif time.monotonic() - last > idle_timeout:
-                raise ClientError(f"no records for {idle_timeout:.0f}s after {got} of {count}")
-        return nbytes
+        def poll(n: int) -> tuple[int, int]:
+            msgs = self._c.consume(n, 0.5)  # never wait for records that will not come
+            return len(msgs), sum([len(m.value() or b"") for m in msgs])
+
+        return drain_polls(poll, count, idle_timeout)
 
     def list_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, int]]:
         out = {}

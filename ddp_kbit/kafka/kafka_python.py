@@ -3,12 +3,11 @@ consume than confluent-kafka even with the ``crc32c`` package)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from ddp_kbit.config import KafkaConfig
 from ddp_kbit.errors import ClientError
-from ddp_kbit.kafka.protocol import TP, Closing, DeliveryReport, Record, short
+from ddp_kbit.kafka.protocol import TP, Closing, DeliveryReport, Record, drain_polls, short
 
 log = logging.getLogger(__name__)
 COMPRESSION = {"none": None, "gzip": "gzip", "lz4": "lz4", "zstd": "zstd", "snappy": "snappy"}
@@ -116,19 +115,11 @@ class Consumer(Closing):
 
     def drain(self, count: int, idle_timeout: float = 30.0) -> int:
         """The cheapest honest consume loop (a benchmark's ceiling); see the confluent adapter."""
-        got = nbytes = 0
-        last = time.monotonic()
-        while got < count:
-            batches = self._c.poll(timeout_ms=500, max_records=min(20_000, count - got)).values()
-            n = 0
-            for recs in batches:
-                nbytes += sum([len(r.value or b"") for r in recs])
-                n += len(recs)
-            if n:
-                got, last = got + n, time.monotonic()
-            elif time.monotonic() - last > idle_timeout:
-                raise ClientError(f"no records for {idle_timeout:.0f}s after {got} of {count}")
-        return nbytes
+        def poll(n: int) -> tuple[int, int]:
+            batches = self._c.poll(timeout_ms=500, max_records=n).values()
+            return sum(map(len, batches)), sum([len(r.value or b"") for recs in batches for r in recs])
+
+        return drain_polls(poll, count, idle_timeout)
 
     def list_offsets(self, tps) -> dict[TP, tuple[int, int]]:
         keys = [self._tp(t, p) for t, p in tps]

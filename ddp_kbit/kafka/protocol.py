@@ -4,9 +4,12 @@ kafka-python adapters implement these; nothing above ``ddp_kbit.kafka`` names
 either library. Every adapter is a context manager that closes its connection."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
+
+from ddp_kbit.errors import ClientError, first_line
 
 TP = tuple  # (topic, partition)
 
@@ -42,9 +45,28 @@ class DeliveryReport:
         self.failed += 1
         self.first_error = self.first_error or error
 
+    def ranges_of(self, topic: str) -> dict[int, tuple[int, int]]:
+        """Partition -> (first, last+1) acknowledged in ``topic``."""
+        return {p: tuple(r) for (t, p), r in self.ranges.items() if t == topic}
+
     @property
     def pending(self) -> int:
         return self.sent - self.acked - self.failed
+
+
+def drain_polls(poll: Callable[[int], tuple[int, int]], count: int, idle_timeout: float) -> int:
+    """The loop of every adapter's ``drain``: ``poll(n)`` consumes up to ``n`` records
+    and returns (records, bytes of their values); polls of at most 20,000 until
+    ``count`` records came. Returns the bytes; an error after ``idle_timeout`` s without records."""
+    got = nbytes = 0
+    last = time.monotonic()
+    while got < count:
+        n, b = poll(min(20_000, count - got))
+        if n:
+            got, nbytes, last = got + n, nbytes + b, time.monotonic()
+        elif time.monotonic() - last > idle_timeout:
+            raise ClientError(f"no records for {idle_timeout:.0f}s after {got} of {count}")
+    return nbytes
 
 
 class Closing:
@@ -115,4 +137,4 @@ def short(exc: BaseException) -> str:
     first = exc.args[0] if exc.args else None
     if hasattr(first, "str") and callable(first.str):
         return first.str()
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first_line(exc)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from ignite.handlers import Checkpoint, DiskSaver
 
-from ddp_kbit.errors import CheckpointError
+from ddp_kbit.errors import CheckpointError, first_line
 
 PREFIX = "ckpt"
 NAME = re.compile(rf"^{PREFIX}-s(\d+)\.pt$")
@@ -69,10 +69,10 @@ def load(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         if "weights_only" in str(exc):
             first = "it holds objects other than tensors and plain data (refused: nothing is unpickled)"
-        raise CheckpointError(f"checkpoint {path} is unreadable: {first[:200]}") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable: {first}") from None
     if not isinstance(state, dict) or "run" not in state:
         raise CheckpointError(f"checkpoint {path} was not written by ddp_kbit (no run state)")
     return state
@@ -86,4 +86,4 @@ def restore(path: str | Path, to_load: Mapping) -> None:
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from None
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit this run: {str(exc).splitlines()[0][:300]}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit this run: {first_line(exc, 300)}") from None

@@ -32,6 +32,16 @@ def offsets_of(plans):
                                for o in range(s.start, s.end))
 
 
+def assert_front_to_back(plans):
+    """Within each rank, every partition's pieces come in offset order."""
+    for pl in plans:
+        last = {}
+        for b in pl.batches:
+            for s in b:
+                assert s.start >= last.get(s.tp, -1)
+                last[s.tp] = s.end
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("batch", [1, 16, 64])
@@ -54,12 +64,7 @@ def test_equal_partitions_equal_ranks_get_one_partition_each():
 
 
 def test_each_partition_read_front_to_back_within_a_rank():
-    for pl in plan_epoch(ranges_to_slices("t", LAYOUTS["more_partitions"]), 2, 5, seed=1):
-        last = {}
-        for b in pl.batches:
-            for s in b:
-                assert s.start >= last.get(s.tp, -1)
-                last[s.tp] = s.end
+    assert_front_to_back(plan_epoch(ranges_to_slices("t", LAYOUTS["more_partitions"]), 2, 5, seed=1))
 
 
 def test_batches_mix_partitions():
@@ -125,12 +130,7 @@ def test_plan_properties(parts, world, batch, seed):
     counts = [sum(len(s) for b in pl.batches for s in b) for pl in plans]
     assert max(counts) - min(counts) <= 1                               # ranks within one record
     assert len({len(pl.batches) for pl in plans}) == 1                  # equal steps: no rank waits
-    for pl in plans:                                                    # each partition front to back
-        last = {}
-        for b in pl.batches:
-            for s in b:
-                assert s.start >= last.get(s.tp, -1)
-                last[s.tp] = s.end
+    assert_front_to_back(plans)                                         # each partition front to back
 
 
 @settings(max_examples=150, deadline=None)
@@ -148,9 +148,4 @@ def test_resume_plans_exactly_the_remainder(parts, world, world2, batch, done, s
     used_offsets = collections.Counter((s.topic, s.partition, o) for s in used for o in range(s.start, s.end))
     assert offsets_of(resumed) + used_offsets == offsets_of(plans)
     assert not set(offsets_of(resumed)) & set(used_offsets)
-    for pl in resumed:              # front to back, even across several slices of one partition
-        last = {}
-        for b in pl.batches:
-            for s in b:
-                assert s.start >= last.get(s.tp, -1)
-                last[s.tp] = s.end
+    assert_front_to_back(resumed)   # even across several slices of one partition
