@@ -90,17 +90,19 @@ def test_interrupted_run_resumes_with_exact_epochs(kcfg, topics, tmp_path):
     assert_exact_epochs(report, topics["train"])
 
 
-def test_resume_on_a_different_number_of_processes(kcfg, topics, tmp_path):
-    """Checkpointed offsets, not rank positions: 2 ranks crash mid-epoch, 3 finish it."""
+@pytest.mark.parametrize("before, after", [(2, 3), (3, 2)])
+def test_resume_on_a_different_number_of_processes(kcfg, topics, tmp_path, before, after):
+    """Checkpointed offsets, not rank positions: ``before`` ranks crash mid-epoch, ``after``
+    finish it. 3 ranks cut partitions of the 4, so 2 ranks then hold two slices of one."""
     ckpt = tmp_path / "ckpt"
     common = ["--train-topic", topics["train"].topic, "--test-topic", topics["test"].topic, "--epochs", "1",
               "--checkpoint-dir", str(ckpt), "--checkpoint-every", "5"]
-    train(kcfg, tmp_path / "a", *common, "--num-processes", "2", crash_at=12, expect_rc=1)
-    report = train(kcfg, tmp_path / "b", *common, "--num-processes", "3", "--resume")
-    assert report["world_size"] == 3
+    train(kcfg, tmp_path / "a", *common, "--num-processes", str(before), crash_at=12, expect_rc=1)
+    report = train(kcfg, tmp_path / "b", *common, "--num-processes", str(after), "--resume")
+    assert report["world_size"] == after
     assert_exact_epochs(report, topics["train"])
     ranks = {c["rank"] for c in report["epochs"][0]["consumed"]}
-    assert ranks == {0, 1, 2}   # ranges of the 2-rank part keep their ranks, the 3-rank part adds rank 2
+    assert ranks == {0, 1, 2}   # each range keeps the rank that consumed it; the 3-rank part brings rank 2
 
 
 def test_kafka_python_client_trains(kcfg, topics, tmp_path):
