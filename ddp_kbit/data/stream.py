@@ -199,6 +199,7 @@ class KafkaStreamDataset(IterableDataset):
         piece_ends, pieces = [], []                     # where each piece's values end; its (batch, piece)
         for b, batch in enumerate(group):
             for i, piece in enumerate(batch):
+                _check_order(bufs, piece)
                 n0 = len(vals)
                 while not bufs.take(piece, vals, offs):
                     if not bufs.fill(self.data.poll_records, 0.2):
@@ -247,6 +248,15 @@ class KafkaStreamDataset(IterableDataset):
         if b.count and b.seen >= 100 and b.fraction > self.data.max_bad_fraction:
             raise StreamError(f"{b.count} of {b.seen} records are malformed ({dict(b.by_reason)}), more than "
                               f"--max-bad-fraction {self.data.max_bad_fraction}; see the dead-letter topic")
+
+
+def _check_order(bufs: _PartitionBuffers, piece: Slice) -> None:
+    """Each partition is read once, front to back: a piece that starts before what was
+    already handed out could only come back empty, so it is an error, never a silent gap."""
+    done = bufs.next.get(piece.tp, piece.start)
+    if piece.start < done:
+        raise StreamError(f"the plan goes back in {piece.topic}[{piece.partition}]: offsets [{piece.start}, "
+                          f"{piece.end}) after offset {done - 1} was read; plans must read each partition front to back")
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:

@@ -5,7 +5,7 @@ import torch
 
 from ddp_kbit.config import DataConfig, KafkaConfig
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import ConsumedRange, Slice, plan_epoch, ranges_to_slices
+from ddp_kbit.data.partitions import ConsumedRange, RankPlan, Slice, plan_epoch, ranges_to_slices
 from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch, to_device
 from ddp_kbit.errors import ClientError, StreamError
 from ddp_kbit.wire import get_codec
@@ -183,3 +183,11 @@ def test_several_slices_of_one_partition_are_all_read():
         got = sorted(o for b in batches for s in b.used for o in range(s.start, s.end))
         assert got == sorted(o for s in rest for o in range(s.start, s.end))
         assert sum(len(b) for b in batches) == sum(len(s) for s in rest) and not any(b.missing for b in batches)
+
+
+def test_a_plan_that_goes_back_in_a_partition_is_an_error_not_a_gap():
+    logs, _ = make_logs([40])
+    late, early = Slice("t", 0, 20, 30), Slice("t", 0, 0, 10)
+    plan = RankPlan(0, (early, late), ((late,), (early,)))
+    with pytest.raises(StreamError, match=r"goes back in t\[0\]: offsets \[0, 10\) after offset 29"):
+        list(dataset(logs, plan))
