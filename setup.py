@@ -11,9 +11,11 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["ddp_kbit", "ddp_kbit.*", "producers", "schemas"]),
-    # spark_conf/ and experiments/ are read from the source tree (pip install -e .), beside the package
-    package_data={"schemas": ["*.avsc", "*.proto", "*.json"]},
+    # ddp_kbit/schemas and ddp_kbit/assets/{experiments,spark_conf} link to the repository's
+    # top-level folders (where they are edited); a wheel holds copies, read via importlib.resources.
+    packages=find_packages(include=["ddp_kbit", "ddp_kbit.*", "producers"]),
+    package_data={"ddp_kbit.schemas": ["*.avsc", "*.proto", "*.json"],
+                  "ddp_kbit.assets": ["experiments/*.toml", "spark_conf/*.conf", "spark_conf/*.sh"]},
     install_requires=[
         # scripts/setup.sh installs torch==2.13.0 (CPU) first: an unpinned torch pulls a multi-GB CUDA build.
         "torch>=2.4",

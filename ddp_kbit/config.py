@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -184,9 +185,10 @@ class SparkConfig:
     master: str | None = None        # default: spark-defaults.conf, else local[N]
     num_processes: int = 2
     distributed: bool = False        # barrier tasks on executors instead of local_mode
-    gpu: bool = False
+    gpu: bool = False                # one GPU per rank (spark_conf/gpu.conf), NCCL
+    rapids: bool = False             # the RAPIDS Accelerator on the Spark side (spark_conf/rapids.conf)
     conf: tuple[str, ...] = ()       # KEY=VALUE overrides
-    conf_dir: str | None = None      # default: the repo's spark_conf/
+    conf_dir: str | None = None      # default: the shipped spark_conf/ (ddp_kbit.assets)
     collective_timeout_s: float = 180.0  # no rank waits longer on a collective (a dead peer)
     launch_timeout_s: float = 180.0  # a barrier stage that cannot get its slots fails after this long
     ship_package: bool = False       # send the package zip with each launch (executors without ddp_kbit)
@@ -377,6 +379,8 @@ def coerce(name: str, value, hint):
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # nan passes every comparison-based check after this one
+            raise ConfigError(f"{name} must be a finite number; got {value!r}")
         return float(value)
     if hint is str and isinstance(value, str):
         return value

@@ -118,7 +118,12 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
         help="DDP processes; --mode experiment takes a list (1,2) and measures each")
     opt("distributed", action="store_true",
         help="run the processes as Spark barrier tasks on executors (default: local_mode on the driver)")
-    opt("gpu", action="store_true", help="one GPU per process (NCCL), pinned memory; loads spark_conf/rapids.conf")
+    opt("gpu", action="store_true", help="one GPU per process (NCCL), pinned memory; loads spark_conf/gpu.conf "
+        "(GPU scheduling: one GPU address per rank). A rank that sees no CUDA device is an error, never a silent CPU run")
+    opt("rapids", action="store_true", help="also load spark_conf/rapids.conf: the RAPIDS Accelerator for the Spark "
+        "SQL side of a pipeline (not the torch ranks); needs the rapids-4-spark jar on Spark's classpath")
+    opt("conf_dir", "--spark-conf-dir", metavar="DIR", help="read spark-defaults.conf, gpu.conf and rapids.conf from "
+        "DIR instead of the shipped ones")
     opt("master", help="Spark master URL (default from spark_conf/spark-defaults.conf: local[N])")
     opt("conf", "--spark-conf", action="append", metavar="KEY=VALUE", help="Spark setting override; repeatable")
     opt("collective_timeout_s", "--collective-timeout", type=float, metavar="S",

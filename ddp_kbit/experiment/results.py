@@ -56,7 +56,10 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
+    """The checkout's commit when the package runs from one (an installed package has none)."""
     root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],

@@ -7,7 +7,7 @@ free ports with their own work directories.
 
 It is ready when the master lists every worker ALIVE; it stops by process group
 (the workers' executor JVMs included), on exit and, unless ``detach``, also when
-the process that started it dies (PR_SET_PDEATHSIG). ``python -m ddp_kbit.cluster
+the process that started it dies (PR_SET_PDEATHSIG). ``python -m ddp_kbit.main_cluster
 up|down|status`` runs one for trying cluster mode from the command line.
 """
 from __future__ import annotations

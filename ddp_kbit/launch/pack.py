@@ -1,7 +1,7 @@
 """The package as one zip, for executors whose Python does not have ddp_kbit.
 
-``python -m ddp_kbit.pack`` writes ``dist/ddp_kbit.zip`` (ddp_kbit, producers,
-schemas) and a two-line ``dist/ddp_kbit_main.py`` for ``spark-submit --py-files``;
+``python -m ddp_kbit.main_pack`` writes ``dist/ddp_kbit.zip`` (ddp_kbit with its
+schemas, presets and Spark settings, and producers) and a two-line ``dist/ddp_kbit_main.py`` for ``spark-submit --py-files``;
 ``--ship-package`` makes the driver send the same zip with every launch, so the
 ranks (torchrun processes that Spark's Python workers start, which do not see
 ``--py-files``) import it from there.
@@ -9,11 +9,12 @@ ranks (torchrun processes that Spark's Python workers start, which do not see
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
-PACKAGES = ("ddp_kbit", "producers", "schemas")
-SUFFIXES = (".py", ".avsc", ".proto", ".json")
+PACKAGES = ("ddp_kbit", "producers")
+SUFFIXES = (".py", ".avsc", ".proto", ".json", ".toml", ".conf", ".sh")
 
 
 def _roots() -> list[Path]:
@@ -35,10 +36,19 @@ def package_bytes() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for root in _roots():
-            for f in sorted(root.rglob("*")):
-                if f.suffix in SUFFIXES and "__pycache__" not in f.parts:
-                    zf.write(f, f.relative_to(root.parent).as_posix())
+            for f in _files(root):
+                zf.write(f, f.relative_to(root.parent).as_posix())
     return buf.getvalue()
+
+
+def _files(root: Path) -> list[Path]:
+    """The package's files, through the links to the repository's top-level folders
+    (``Path.rglob`` does not follow links to folders)."""
+    out = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        out += [Path(folder) / f for f in sorted(files) if Path(f).suffix in SUFFIXES]
+    return out
 
 
 MAIN = '"""spark-submit entry point: spark-submit --py-files ddp_kbit.zip ddp_kbit_main.py ..."""\n' \

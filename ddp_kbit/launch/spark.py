@@ -1,4 +1,4 @@
-"""SparkSession from spark_conf/ and the TorchDistributor launch.
+"""SparkSession from the shipped Spark settings (``spark_conf/``) and the TorchDistributor launch.
 
 ``local_mode=True`` runs the ranks as torchrun processes on the driver;
 ``--distributed`` runs them as a barrier stage on executors. A failed barrier
@@ -13,16 +13,20 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ddp_kbit import assets
 from ddp_kbit.config import SparkConfig
-from ddp_kbit.errors import UserError
+from ddp_kbit.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[2] / "spark_conf"
+DISCOVERY_KEYS = ("spark.executor.resource.gpu.discoveryScript", "spark.driver.resource.gpu.discoveryScript")
+RAPIDS_PLUGIN = "com.nvidia.spark.SQLPlugin"
+RAPIDS_JAR = "rapids-4-spark"
 
 
 def read_conf(path: Path) -> dict[str, str]:
@@ -92,16 +96,41 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def conf_file(cfg: SparkConfig, name: str) -> dict[str, str]:
+    """A settings file of ``--spark-conf-dir``, else the shipped one."""
+    if cfg.conf_dir:
+        return read_conf(Path(cfg.conf_dir) / name)
+    with assets.as_file(assets.SPARK_CONF, name) as path:
+        return read_conf(path)
+
+
+def script_path(cfg: SparkConfig, script: str) -> str:
+    """A discovery script as a path Spark can run: absolute as given, else in
+    ``--spark-conf-dir`` or the shipped folder (extracted, executable, when the
+    package is a zip)."""
+    if os.path.isabs(script):
+        return script
+    if cfg.conf_dir:
+        return str(Path(cfg.conf_dir).resolve() / script)
+    shipped = assets.folder(assets.SPARK_CONF).joinpath(Path(script).name)
+    if isinstance(shipped, Path):
+        return str(shipped)
+    out = Path(tempfile.gettempdir()) / f"ddp_kbit-{Path(script).name}"
+    out.write_bytes(shipped.read_bytes())
+    out.chmod(0o755)
+    return str(out)
+
+
 def session_conf(cfg: SparkConfig) -> dict[str, str]:
-    conf_dir = Path(cfg.conf_dir) if cfg.conf_dir else CONF_DIR
     # Under spark-submit its --master/--conf/properties file rule; only our explicit flags apply.
-    conf = {} if under_spark_submit() else read_conf(conf_dir / "spark-defaults.conf")
-    if cfg.gpu:
-        conf.update(read_conf(conf_dir / "rapids.conf"))
-        script = conf.get("spark.executor.resource.gpu.discoveryScript", "")
-        if script and not os.path.isabs(script):
-            for key in ("spark.executor.resource.gpu.discoveryScript", "spark.driver.resource.gpu.discoveryScript"):
-                conf[key] = str(conf_dir.parent / script)
+    conf = {} if under_spark_submit() else conf_file(cfg, "spark-defaults.conf")
+    if cfg.gpu or cfg.rapids:   # RAPIDS needs the GPUs scheduled too
+        conf.update(conf_file(cfg, "gpu.conf"))
+    if cfg.rapids:
+        conf.update(conf_file(cfg, "rapids.conf"))
+    for key in DISCOVERY_KEYS:
+        if key in conf:
+            conf[key] = script_path(cfg, conf[key])
     if cfg.master:
         conf["spark.master"] = cfg.master
     elif "spark.master" in conf and conf["spark.master"].startswith("local"):
@@ -114,7 +143,33 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
     for kv in cfg.conf:
         key, _, value = kv.partition("=")
         conf[key.strip()] = value.strip()
+    if RAPIDS_PLUGIN in conf.get("spark.plugins", ""):
+        check_rapids_jar(conf)
     return conf
+
+
+def check_rapids_jar(conf: dict[str, str], spark_home: str | None = None) -> None:
+    """The RAPIDS plugin without its jar fails deep in the JVM at session start
+    (ClassNotFoundException); say so first, in one line."""
+    listed = [conf.get(k, "") for k in ("spark.jars", "spark.driver.extraClassPath", "spark.executor.extraClassPath")]
+    if any(RAPIDS_JAR in part for part in ",".join(listed).replace(os.pathsep, ",").split(",")):
+        return
+    if RAPIDS_JAR in conf.get("spark.jars.packages", ""):
+        return  # resolved by Spark from a repository at start-up
+    jars = Path(spark_home or _spark_home()) / "jars"
+    if any(jars.glob(f"{RAPIDS_JAR}*.jar")):
+        return
+    raise ConfigError(f"--rapids loads {RAPIDS_PLUGIN}, but no {RAPIDS_JAR}_<scala>-<version>.jar is on Spark's "
+                      f"classpath (spark.jars, extraClassPath or {jars}); pass --spark-conf spark.jars=/path/to/"
+                      f"{RAPIDS_JAR}_2.13-<version>.jar")
+
+
+def _spark_home() -> str:
+    if os.environ.get("SPARK_HOME"):
+        return os.environ["SPARK_HOME"]
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent)
 
 
 def on_loopback(master: str) -> bool:

@@ -18,7 +18,7 @@ class AvroCodec(Codec):
         super().__init__(layout)
         import fastavro
 
-        from schemas import load_avro_schema
+        from ddp_kbit.schemas import load_avro_schema
 
         self._schema = fastavro.parse_schema(load_avro_schema())
         self._write, self._read = fastavro.schemaless_writer, fastavro.schemaless_reader

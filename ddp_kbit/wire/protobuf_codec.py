@@ -16,7 +16,7 @@ class ProtobufCodec(Codec):
         super().__init__(layout)
         from google.protobuf.message import DecodeError as PbDecodeError
 
-        from schemas import sample_pb2
+        from ddp_kbit.schemas import sample_pb2
 
         self._cls, self._pb_error = sample_pb2.Sample, PbDecodeError
 

@@ -20,8 +20,8 @@ from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import produce_all, publish
 from ddp_kbit.errors import ClientError, UserError
+from ddp_kbit.schemas import load_avro_schema, sample_pb2
 from ddp_kbit.wire import get_codec
-from schemas import load_avro_schema, sample_pb2
 
 N = 240
 PARTS = 3

@@ -108,3 +108,19 @@ def test_secrets_are_masked_and_never_in_repr():
 def test_synthetic_shape_is_validated(shape):
     with pytest.raises(ConfigError, match="shape must be H,W or H,W,C"):
         SyntheticConfig(shape=shape)
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--max-bad-fraction", "nan"),
+                                        ("--collective-timeout", "-inf"), ("--momentum", "NaN")])
+def test_numbers_that_are_not_numbers_are_refused_at_parse_time(flag, value):
+    from ddp_kbit.main import job_config
+
+    with pytest.raises(ConfigError, match=r"must be a finite number; got (nan|inf|-inf)"):
+        job_config(build_parser().parse_args([f"{flag}={value}"]))
+
+
+def test_nan_in_a_config_file_is_refused(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[train]\nlr = nan\n")
+    with pytest.raises(ConfigError, match="train.lr must be a finite number; got nan"):
+        build_group(JobConfig, load_config_file(f, sections_of(JobConfig)), {})

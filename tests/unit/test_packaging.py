@@ -80,7 +80,9 @@ def test_pack_holds_the_package_and_its_schema_files(tmp_path):
 
     zpath, main_py = write(tmp_path)
     names = set(zipfile.ZipFile(zpath).namelist())
-    assert {"ddp_kbit/__init__.py", "ddp_kbit/main.py", "ddp_kbit/wire/avro_codec.py", "schemas/sample.avsc",
-            "schemas/sample_pb2.py", "producers/publish.py"} <= names
+    assert {"ddp_kbit/__init__.py", "ddp_kbit/main.py", "ddp_kbit/wire/avro_codec.py", "ddp_kbit/schemas/sample.avsc",
+            "ddp_kbit/schemas/sample_pb2.py", "producers/publish.py", "ddp_kbit/assets/experiments/formats.toml",
+            "ddp_kbit/assets/spark_conf/spark-defaults.conf", "ddp_kbit/assets/spark_conf/getGpusResources.sh"} <= names
+    assert not any(n.startswith("schemas/") for n in names)   # no top-level package of a generic name
     assert not any("__pycache__" in n for n in names)
     assert "from ddp_kbit.main import cli_entry" in main_py.read_text()

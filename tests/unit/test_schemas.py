@@ -8,8 +8,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from ddp_kbit.schemas import PROTO_FILE, SCHEMA_DIR, load_avro_schema, load_json_schema, sample_pb2
 from ddp_kbit.wire import get_codec
-from schemas import PROTO_FILE, SCHEMA_DIR, load_avro_schema, load_json_schema, sample_pb2
 
 
 def test_generated_protobuf_module_is_not_stale(tmp_path):

@@ -1,10 +1,10 @@
 """Try cluster mode on one machine: a Spark standalone master and workers from the
 installed pyspark, as separate JVMs.
 
-    python -m ddp_kbit.cluster up --workers 2       # prints the spark:// URL
+    python -m ddp_kbit.main_cluster up --workers 2       # prints the spark:// URL
     python -m ddp_kbit.main --mode train --distributed --master spark://127.0.0.1:PORT
-    python -m ddp_kbit.cluster status
-    python -m ddp_kbit.cluster down                 # stops them (by process group)
+    python -m ddp_kbit.main_cluster status
+    python -m ddp_kbit.main_cluster down                 # stops them (by process group)
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ DEFAULT_STATE = Path.home() / ".ddp_kbit" / "cluster.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ddp_kbit.cluster", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ddp_kbit.main_cluster", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=("up", "down", "status"), help="start, stop, or describe the cluster")
     p.add_argument("--workers", type=int, default=2, help="worker JVMs (default 2)")
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     state = Path(args.state)
     if args.action == "up":
         if state.exists():
-            raise UserError(f"a cluster is already recorded in {state}; run `python -m ddp_kbit.cluster down` first")
+            raise UserError(f"a cluster is already recorded in {state}; run `python -m ddp_kbit.main_cluster down` first")
         cluster = StandaloneCluster(args.workers, args.cores, args.memory, args.work_dir, detach=True).start()
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"master_url": cluster.master_url, "webui": cluster.webui,
@@ -61,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main, prog="ddp_kbit.cluster"))
+    sys.exit(cli.run_main(main, prog="ddp_kbit.main_cluster"))

@@ -1,6 +1,6 @@
 """Build the package zip for executors that do not have ddp_kbit:
 
-    python -m ddp_kbit.pack [--output-dir dist]
+    python -m ddp_kbit.main_pack [--output-dir dist]
     spark-submit --master spark://m:7077 --py-files dist/ddp_kbit.zip dist/ddp_kbit_main.py \\
         --mode train --distributed --ship-package --bootstrap-servers kafka:9092
 """
@@ -14,7 +14,7 @@ from ddp_kbit.launch.pack import write
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddp_kbit.pack", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ddp_kbit.main_pack", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default="dist", help="where ddp_kbit.zip and ddp_kbit_main.py go (default dist)")
     args = p.parse_args(argv)
@@ -24,4 +24,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main, prog="ddp_kbit.pack"))
+    sys.exit(cli.run_main(main, prog="ddp_kbit.main_pack"))
