@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="ddp_kbit",
-    version="0.1.0",
+    version="0.2.0",
     description="Train PyTorch DDP workers launched by Spark straight from Kafka topics "
                 "(JSON, Avro, Protobuf, BSON), with exact, resumable epochs",
     long_description=Path("README.md").read_text(encoding="utf-8"),

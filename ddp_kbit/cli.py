@@ -1,16 +1,12 @@
 """What every command-line entry point shares: flags whose help shows the config
-field's default, config file + flag merging, logging, the embedded-broker
-fallback, and the one-clear-line error exit."""
+field's default, config file + flag merging, and the one-clear-line error exit."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 from ddp_kbit.config import (
     CLIENTS,
@@ -90,21 +86,6 @@ def add_kafka_args(p: argparse.ArgumentParser) -> None:
 def config_group(cls, args: argparse.Namespace):
     """A grouping config such as JobConfig, from the config file and the flags."""
     return build_group(cls, load_config_file(args.config, sections_of(cls)), overrides(args))
-
-
-@contextlib.contextmanager
-def kafka_session(cfg: KafkaConfig, run_dir: Path) -> Iterator[KafkaConfig]:
-    """Yields a config with reachable bootstrap servers: the given ones, or an
-    embedded broker's that is stopped on exit (Ctrl-C and exceptions included)."""
-    if cfg.bootstrap_servers:
-        yield cfg
-        return
-    from ddp_kbit.kafka.broker import EmbeddedBroker
-
-    with EmbeddedBroker(run_dir) as broker:
-        logging.getLogger(__name__).info("no --bootstrap-servers: using embedded broker %s (log %s)",
-                                         broker.bootstrap_servers, run_dir / "broker.log")
-        yield cfg.with_servers(broker.bootstrap_servers)
 
 
 def run_main(fn: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str = "ddp-kbit") -> int:

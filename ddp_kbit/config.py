@@ -29,9 +29,10 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MODELS = ("cnn", "mlp")            # ddp_kbit.train.models builds these
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "cosine", "step")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "onecycle", "step")
 DATASETS = ("fashion-mnist", "mnist", "gtsrb", "npz", "synthetic")
+SHUFFLES = ("window", "none")      # ddp_kbit.data.partitions plans these
 MANIFEST_TOPIC = "ddp_kbit.manifests"
 DEFAULT_FORMAT = "avro"            # of the default topics, when no --format is given
 
@@ -115,15 +116,20 @@ class DataConfig:
     stall_timeout_s: float = 60.0   # no record for this long -> a clear error, not a hang
     poll_records: int = 20_000      # records per poll
     buffer_records: int = 50_000    # per-partition read-ahead before pausing the partition
-    decode_records: int = 4096      # records decoded per call (several batches)
+    shuffle: str = "window"         # "window": chunks dealt to ranks + a window permutation; "none": offset order
+    shuffle_chunk: int = 2048       # offsets per chunk (one seek each); shorter gaps are read through
+    shuffle_window: int = 16384     # records read, decoded and permuted together (also without shuffle)
     allow_missing_records: bool = False  # train on what is left when retention deleted planned records
+    dlq_max_bytes: int = 1_000_000  # a bad record larger than this is dead-lettered without its value
 
     def __post_init__(self):
         one_of("dataset", self.dataset, DATASETS)
         if self.format is not None:
             one_of("format", self.format, FORMATS)
         one_of("layout", self.layout, LAYOUTS)
-        for name in ("prefetch", "stall_timeout_s", "poll_records", "buffer_records", "decode_records"):
+        one_of("shuffle", self.shuffle, SHUFFLES)
+        for name in ("prefetch", "stall_timeout_s", "poll_records", "buffer_records", "shuffle_chunk",
+                     "shuffle_window", "dlq_max_bytes"):
             positive(name, getattr(self, name))
         fraction("max_bad_fraction", self.max_bad_fraction)
 
@@ -140,7 +146,7 @@ class DataConfig:
 class TrainConfig:
     """Model and optimisation, per rank."""
 
-    model: str = "cnn"
+    model: str = "cnn"             # built-in name, MODULE:FUNCTION or PATH.py:FUNCTION
     epochs: int = 5
     batch_size: int = 128           # per rank, per step
     eval_batch_size: int = 1000
@@ -152,18 +158,26 @@ class TrainConfig:
     amp: bool = False               # CUDA only
     grad_accum: int = 1
     seed: int = 0
-    handlers: tuple[str, ...] = ()  # extra ignite handlers, "module:function"
+    label_smoothing: float = 0.0
+    augment: bool = False           # built-in random crop + flip of image batches, on the device, training only
+    transforms: tuple[str, ...] = ()  # batch transforms, MODULE:FUNCTION or PATH.py:FUNCTION, in order
+    handlers: tuple[str, ...] = ()  # extra ignite handlers, MODULE:FUNCTION or PATH.py:FUNCTION
 
     def __post_init__(self):
-        one_of("model", self.model, MODELS)
+        if ":" not in self.model:
+            one_of("model", self.model, MODELS + ("MODULE:FUNCTION", "PATH.py:FUNCTION"))
         one_of("optimizer", self.optimizer, OPTIMIZERS)
         one_of("lr_schedule", self.lr_schedule, SCHEDULES)
         for name in ("epochs", "batch_size", "eval_batch_size", "lr", "grad_accum"):
             positive(name, getattr(self, name))
         positive("weight_decay", self.weight_decay, allow_zero=True)
-        for h in self.handlers:
-            if h.count(":") != 1 or not all(h.split(":")):
-                raise ConfigError(f"handler must be module:function; got {h!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be within 0..1; got {self.label_smoothing}")
+        for kind, specs in (("handler", self.handlers), ("transform", self.transforms)):
+            for h in specs:
+                where, _, name = h.rpartition(":")
+                if not where or not name:
+                    raise ConfigError(f"{kind} must be MODULE:FUNCTION or PATH.py:FUNCTION; got {h!r}")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ddp_kbit.config import (  # noqa: E402
     MODELS,
     OPTIMIZERS,
     SCHEDULES,
+    SHUFFLES,
     WORKLOADS,
     CheckpointConfig,
     DataConfig,
@@ -32,14 +33,11 @@ from ddp_kbit.config import (  # noqa: E402
     JobConfig,
     SparkConfig,
     TrainConfig,
-    as_dict,
     build_group,
     load_config_file,
     sections_of,
 )
-from ddp_kbit.errors import ConfigError  # noqa: E402
 from ddp_kbit.experiment import presets  # noqa: E402
-from ddp_kbit.files import make_run_dir, write_json  # noqa: E402
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS  # noqa: E402
 
 MODES = ("train", "publish", "experiment")
@@ -80,6 +78,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     opt("max_bad_fraction", type=float, metavar="F",
         help="stop when more than this fraction of records is malformed; bad records go to <topic>.dlq either way")
     opt("prefetch", type=int, metavar="N", help="batches decoded ahead of the step")
+    opt("shuffle", choices=SHUFFLES, help="window: each epoch, chunks of every partition are dealt to the ranks in a "
+        "seeded order and a window of records is permuted into batches (training quality does not depend on the "
+        "order producers wrote); none: batches of neighbouring offsets, for comparison")
+    opt("shuffle_chunk", type=int, metavar="N", help="offsets per chunk: one seek and one contiguous read each")
+    opt("shuffle_window", type=int, metavar="N", help="records read, decoded and permuted together per rank")
+    opt("dlq_max_bytes", type=int, metavar="N", help="a bad record larger than this goes to the dead-letter topic "
+        "without its value (a header says why), so a huge record cannot stop training")
     opt("allow_missing_records", action="store_true",
         help="when retention deleted records a manifest covers, train on the rest (counted in the report) "
              "instead of stopping")
@@ -88,7 +93,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     opt = lambda name, *flags, **kw: cli.option(g, "train", TrainConfig, name, *flags, **kw)  # noqa: E731
-    opt("model", choices=MODELS, help="network, sized from the manifest")
+    opt("model", metavar="NAME|MODULE:FUNCTION|PATH.py:FUNCTION",
+        help=f"network: built-in {', '.join(MODELS)}, or your own FUNCTION(shape, num_classes) -> torch.nn.Module "
+             "(a file is sent with the run, so executors need not have it); sized from the manifest")
     opt("epochs", type=int, help="passes over the train topic")
     opt("batch_size", type=int, help="records per step per process")
     opt("eval_batch_size", type=int, help="records per evaluation step per process")
@@ -99,8 +106,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     opt("weight_decay", type=float, help="L2 weight decay")
     opt("amp", action="store_true", help="mixed precision (CUDA only)")
     opt("grad_accum", type=int, metavar="N", help="batches per optimizer step")
-    opt("seed", type=int, help="model init and batch-order seed")
-    opt("handlers", "--handler", action="append", metavar="MODULE:FUNCTION",
+    opt("seed", type=int, help="model init, shuffle and augmentation seed")
+    opt("label_smoothing", type=float, metavar="F", help="label smoothing of the cross-entropy loss")
+    opt("augment", action="store_true", help="built-in augmentation of image batches on the device: random crop "
+        "after 2-pixel padding and horizontal flip (training only)")
+    opt("transforms", "--transform", action="append", metavar="MODULE:FUNCTION|PATH.py:FUNCTION",
+        help="batch transform FUNCTION(images, labels, train) -> (images, labels) on the device after the uint8 -> "
+             "float scaling (train=False in evaluation; a 'generator' keyword gets a seeded torch.Generator); "
+             "repeatable, applied in order")
+    opt("handlers", "--handler", action="append", metavar="MODULE:FUNCTION|PATH.py:FUNCTION",
         help="extra ignite handler, called as FUNCTION(trainer, context) on every rank each epoch; repeatable")
     g = p.add_argument_group("checkpoints and failures")
     opt = lambda name, *flags, **kw: cli.option(g, "checkpoint", CheckpointConfig, name, *flags, **kw)  # noqa: E731
@@ -114,8 +128,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def add_spark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("spark")
     opt = lambda name, *flags, **kw: cli.option(g, "spark", SparkConfig, name, *flags, **kw)  # noqa: E731
-    opt("num_processes", type=counts, metavar="N",
-        help="DDP processes; --mode experiment takes a list (1,2) and measures each")
+    opt("num_processes", type=int, metavar="N", help="DDP processes (--mode experiment: see --study-processes)")
     opt("distributed", action="store_true",
         help="run the processes as Spark barrier tasks on executors (default: local_mode on the driver)")
     opt("gpu", action="store_true", help="one GPU per process (NCCL), pinned memory; loads spark_conf/gpu.conf "
@@ -152,6 +165,9 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     opt("iterations", type=int, metavar="N", help="measured iterations per condition, interleaved round-robin")
     opt("warmup", type=int, metavar="N", help="extra iterations first, recorded as warmup and left out of the statistics")
     opt("limit", type=int, metavar="N", help="records per topic (default the whole split)")
+    opt("num_processes", "--study-processes", type=counts, metavar="N[,M...]",
+        help="process counts the study measures, one launch each")
+    opt("epochs", "--study-epochs", type=int, metavar="N", help="epochs of the study's train workload")
     opt("passes", type=int, metavar="N", help="reads of the whole topic per ingest measurement, a consumer each "
         "(more records per measurement, less noise)")
     opt("output_dir", metavar="DIR", help="where results.csv, summary.csv, results.json, plots and report.md go "
@@ -175,23 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def job_config(args: argparse.Namespace) -> JobConfig:
-    """Defaults < (experiment: preset <) config file < flags. In experiment mode
-    --epochs and --num-processes describe the study (a list of process counts)."""
+    """Defaults < (experiment: preset <) config file < flags. The study's own
+    settings have their own keys (``[experiment]``, ``--study-*``)."""
     file_cfg = load_config_file(args.config, sections_of(JobConfig))
     over = cli.overrides(args)
-    nps = over.get("spark", {}).pop("num_processes", None)
     if args.mode == "experiment":
-        study = over.setdefault("experiment", {})
-        if nps:
-            study["num_processes"] = nps
-        if "epochs" in over.get("train", {}):
-            study["epochs"] = over["train"].pop("epochs")
+        study = over.get("experiment", {})
         preset = study.get("preset") or file_cfg.get("experiment", {}).get("preset") or ExperimentConfig.preset
         file_cfg = {**file_cfg, "experiment": {**presets.load(preset), **file_cfg.get("experiment", {})}}
-    elif nps:
-        if len(nps) != 1:
-            raise ConfigError(f"--num-processes takes one number in --mode {args.mode}; got {list(nps)}")
-        over["spark"]["num_processes"] = nps[0]
     return build_group(JobConfig, file_cfg, over)
 
 
@@ -209,20 +216,14 @@ def summarize(report: dict) -> str:
             f"model {final['model']}")
 
 
-def run(args: argparse.Namespace, job: JobConfig, run_dir: Path, argv: list[str]) -> dict:
-    from ddp_kbit.experiment.runner import run_study
-    from ddp_kbit.launch import driver, spark
+def run(args: argparse.Namespace, job: JobConfig, argv: list[str]) -> dict:
+    """Dispatch to the Python API (the CLI is one of its callers)."""
+    from ddp_kbit import api
 
-    with cli.kafka_session(job.kafka, run_dir) as kcfg:
-        if args.mode == "publish":
-            return driver.run_publish(job, kcfg)
-        try:
-            if args.mode == "experiment":
-                command = " ".join(["python -m ddp_kbit.main", *argv])
-                return run_study(job, kcfg, run_dir, embedded=not job.kafka.bootstrap_servers, command=command)
-            return driver.run_training(job, kcfg, run_dir)
-        finally:
-            spark.stop_session()
+    if args.mode == "train":
+        return api.fit(job)
+    command = " ".join(["python -m ddp_kbit.main", *argv])
+    return api.run_mode(args.mode, job, command=command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,16 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     job = job_config(args)
     logs.configure(job.general.log_level, secrets=job.kafka.secrets)
-    run_dir = make_run_dir(job.general.run_dir)
-    report = run(args, job, run_dir, argv)
-    report.setdefault("config", {"kafka": as_dict(job.kafka), "data": as_dict(job.data)})
-    path = write_json(job.general.report or run_dir / "report.json", report)
-    if report["mode"] == "train" and report["epochs"]:
-        from ddp_kbit.plots import plot_training
-
-        plot_training(report, path.with_suffix(".png"))
+    report = run(args, job, argv)
     print(summarize(report))
-    print(f"report: {path}")
+    print(f"report: {report['report_path']}")
     return 0
 
 

@@ -17,6 +17,7 @@ from ddp_kbit.config import COMPRESSIONS, DATASETS, GeneralConfig, KafkaConfig, 
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
 from ddp_kbit.files import make_run_dir, write_json
+from ddp_kbit.kafka.broker import reachable
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(job.general.log_level, secrets=job.kafka.secrets)
     ds = load_dataset(job.publish.dataset, job.publish.split, job.publish.data_dir, job.publish.limit, job.synthetic)
     run_dir = make_run_dir(job.general.run_dir)
-    with cli.kafka_session(job.kafka, run_dir) as live:
+    with reachable(job.kafka, run_dir) as live:
         result = publish(live, job.publish, ds, job.general.progress)
     print(f"published {result.records} records to {result.topic} in {result.seconds:.2f}s: "
           f"{result.records_per_s:,.0f} records/s, {result.mb_per_s:.1f} MB/s")

@@ -191,3 +191,24 @@ def without(m: Manifest, missing) -> Manifest:
         parts[p] = (e, hi) if s <= lo else (lo, s)
     parts = {p: (lo, max(lo, hi)) for p, (lo, hi) in parts.items()}
     return replace(m, partitions=parts, num_samples=sum(hi - lo for lo, hi in parts.values()))
+
+
+def check_on_broker(kcfg: KafkaConfig, m: Manifest, allow_missing: bool) -> tuple[Manifest, list]:
+    """The manifest as far as the broker still holds it, and the missing ranges.
+    Missing planned records stop the run unless ``allow_missing``; records appended
+    after the manifest are logged, once."""
+    if m.source != "manifest":
+        return m, []
+    cov = coverage(m, broker_bounds(kcfg, m))
+    if cov.beyond:
+        log.warning("topic %s holds %d records beyond its manifest (appended after it was written); they are not "
+                    "read: publish them with a new manifest to train on them", m.topic, cov.beyond)
+    if not cov.missing:
+        return m, []
+    if not allow_missing:
+        raise ManifestError(f"records the manifest of {m.topic} covers are not on the broker: "
+                        f"{cov.describe_missing(m.topic)} (deleted by retention?); pass --allow-missing-records "
+                        "to train on the rest")
+    log.warning("training without %s: not on the broker (--allow-missing-records)", cov.describe_missing(m.topic))
+    return without(m, cov.missing), [{"topic": m.topic, "partition": p, "start": s, "end": e}
+                                              for p, s, e in cov.missing]

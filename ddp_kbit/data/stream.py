@@ -1,12 +1,14 @@
 """KafkaStreamDataset: one rank's planned batches, read straight from Kafka.
 
-``assign`` + position per partition (never a consumer group), large polls, whole
-batch decode, and a bounded background prefetch so Kafka I/O and decoding overlap
-the training step. It yields ``StreamBatch``es of uint8 images (scaled to float on
-the device). Batches are fixed by offsets in the plan; ``mark_used`` records the
-offsets of batches that went into an optimizer step, so a checkpoint never claims
-records that were only prefetched. Bad records are counted by reason, forwarded
-to ``<topic>.dlq`` and skipped.
+``assign`` (never a consumer group), then per window of the plan: one seek per
+chunk run (gaps shorter than a chunk are read through), large polls, the whole
+window decoded in one call, permuted as planned and cut into batches. A bounded
+background thread reads and decodes ahead, and while the training step still has
+batches queued it already reads the next window, so Kafka I/O and decoding overlap
+the step. It yields :class:`StreamBatch`es of the topic's dtype (uint8 images are
+scaled to float on the device). ``mark_used`` records the batches that went into an
+optimizer step, so a checkpoint never claims records that were only prefetched.
+Bad records are counted by reason, forwarded to ``<topic>.dlq`` and skipped.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from ddp_kbit import kafka
 from ddp_kbit.config import DataConfig, KafkaConfig
 from ddp_kbit.data.dead_letters import BadRecords, DeadLetters
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import ConsumedRange, RankPlan, Slice, merge_consumed
+from ddp_kbit.data.partitions import ConsumedRange, RankPlan, Slice, Window, merge_consumed
 from ddp_kbit.errors import StreamError
 from ddp_kbit.wire import get_codec
 
@@ -36,79 +38,158 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StreamBatch:
-    images: torch.Tensor     # uint8 (N, *shape)
-    labels: torch.Tensor     # int64 (N,)
-    used: tuple[Slice, ...]  # the offsets this batch covers (bad records and gaps included)
-    good: tuple[int, ...] = ()  # per slice of ``used``: records that decoded and were trained on
+    """One planned batch: the good records' ``images`` (N, *shape, the topic's dtype)
+    and ``labels`` (int64), which step of the plan it is, and what it skipped."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    step: int = 0            # the batch's index in the rank's plan
+    planned: int = 0         # offsets the plan put in this batch (bad records and gaps included)
     bad_records: tuple[tuple[str, int, int, str], ...] = ()  # (topic, partition, offset, reason)
-    missing: int = 0         # planned offsets the log does not hold (compaction, transaction markers)
+    missing: tuple[tuple[str, int, int], ...] = ()            # planned offsets the log does not hold
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float images N x C x H x W, labels) on ``device``: see :func:`to_device`."""
+        return to_device(self, torch.device(device))
 
-class _PartitionBuffers:
-    """Records read ahead, per partition, as parallel offset/value lists in offset
-    order (slices and bisects, no per-record Python work); a partition whose
-    buffer is full is paused so an idle one cannot fill memory."""
 
-    def __init__(self, consumer, limit: int, span: dict[tuple, tuple[int, int]]):
-        """``span``: per partition, the first and one past the last planned offset."""
-        self.consumer, self.limit, self.span = consumer, limit, span
+class _Reader:
+    """Records of the planned pieces, per partition, as parallel offset/value/record
+    lists in offset order (slices and bisects, no per-record Python work; the client's
+    record objects are kept only so a bad record's key and headers reach the
+    dead-letter topic). Each partition reads its queue of runs: a run is a chunk's
+    pieces, gaps shorter than ``gap`` read through; the next run seeks when it is
+    behind or far ahead of what was read. A partition with nothing wanted, or whose
+    buffer is full, is paused, so neither an idle one nor a prefetching client fills memory."""
+
+    def __init__(self, consumer, limit: int, gap: int):
+        self.consumer, self.limit, self.gap = consumer, limit, gap
         self.offs: dict[tuple, list] = collections.defaultdict(list)
         self.vals: dict[tuple, list] = collections.defaultdict(list)
-        self.head: dict[tuple, int] = collections.defaultdict(int)  # first not yet handed out
+        self.recs: dict[tuple, list] = collections.defaultdict(list)
+        self.head: dict[tuple, int] = collections.defaultdict(int)   # first record not yet handed out
+        self.delivered: dict[tuple, int] = {}     # one past the last offset the client delivered (or sought)
+        self.runs: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.paused: set[tuple] = set()
-        self.next: dict[tuple, int] = {}  # one past the last offset handed out, per partition
         self.last_record = time.monotonic()
 
+    def start(self, plan: RankPlan) -> None:
+        """Assign every partition of the plan at its first planned offset, paused."""
+        span = plan.span()
+        self.consumer.assign([(t, p, start) for (t, p), (start, _) in span.items()])
+        self.delivered = {tp: start for tp, (start, _) in span.items()}
+        self.consumer.pause(list(span))
+        self.paused = set(span)
+
+    def want(self, window: Window) -> None:
+        """Queue the window's reads: per partition, its pieces in offset order, as runs."""
+        for tp, pieces in _by_partition(window.pieces).items():
+            q = self.runs[tp]
+            for p in pieces:
+                if q and not q[-1][2] and 0 <= p.start - q[-1][1] <= self.gap:
+                    q[-1][1] = p.end
+                else:
+                    q.append([p.start, p.end, False])   # start, end, reading it
+            self._advance(tp)
+
+    def _advance(self, tp) -> None:
+        """Drop runs already received; seek to the next one unless it starts in what
+        is buffered or at most ``gap`` offsets ahead; resume or pause the partition."""
+        q = self.runs[tp]
+        while q:
+            if not q[0][2]:   # a run's turn comes: read on to it, or seek
+                start, offs, h = q[0][0], self.offs[tp], self.head[tp]
+                have_from = offs[h] if h < len(offs) else self.delivered[tp]
+                if not have_from <= start <= self.delivered[tp] + self.gap:
+                    self._seek(tp, start)
+                q[0][2] = True
+            if self.delivered[tp] < q[0][1]:
+                break
+            q.popleft()
+        self._flow(tp)
+
+    def _seek(self, tp, offset: int) -> None:
+        """Forward, what is buffered stays (earlier pieces of the window still take it);
+        back, it goes (it is read again if planned)."""
+        self.consumer.seek(tp[0], tp[1], offset)
+        if offset < self.delivered[tp]:
+            del self.offs[tp][:], self.vals[tp][:], self.recs[tp][:]
+            self.head[tp] = 0
+        self.delivered[tp] = offset
+
+    def _flow(self, tp) -> None:
+        full = len(self.offs[tp]) - self.head[tp] >= self.limit
+        if self.runs[tp] and not full:
+            if tp in self.paused:
+                self.consumer.resume([tp])
+                self.paused.discard(tp)
+        elif tp not in self.paused:
+            self.consumer.pause([tp])
+            self.paused.add(tp)
+
     def outstanding(self) -> int:
-        """Planned records not yet received from the partitions being read: a poll
-        asks for no more, so the last poll of a slice returns at once instead of
-        waiting out its timeout for records that will never come."""
-        n = 0
-        for tp, (start, end) in self.span.items():
-            if tp not in self.paused:
-                offs = self.offs[tp]
-                n += max(0, end - (offs[-1] + 1 if offs else start))
-        return n
+        """Wanted records not yet received: a poll asks for no more, so the last poll
+        of a run returns at once instead of waiting out its timeout."""
+        return sum(max(0, q[-1][1] - self.delivered[tp]) for tp, q in self.runs.items() if q and tp not in self.paused)
 
     def fill(self, max_records: int, timeout: float) -> int:
-        want = max(1, min(max_records, self.outstanding()))
+        """One poll; returns the records kept."""
+        want = min(max_records, self.outstanding())
+        if want <= 0:
+            time.sleep(0.01)   # nothing to read until records are taken or more are wanted
+            return 0
         runs = self.consumer.poll_runs(want, timeout)
         if not runs:
             return 0
         self.last_record = time.monotonic()
         got = 0
-        for tp, offs, vals in runs:
-            self.offs[tp].extend(offs)
-            self.vals[tp].extend(vals)
-            got += len(vals)
-        full = {tp for tp in self.offs if len(self.offs[tp]) - self.head[tp] >= self.limit} - self.paused
-        if full:
-            self.consumer.pause(full)
-            self.paused |= full
+        for tp, offs, vals, recs in runs:
+            first = bisect.bisect_left(offs, self.delivered.get(tp, 0))   # anything from before a seek
+            if first < len(offs):
+                self.offs[tp].extend(offs[first:])
+                self.vals[tp].extend(vals[first:])
+                self.recs[tp].extend(recs[first:])
+                self.delivered[tp] = offs[-1] + 1
+                got += len(offs) - first
+        for tp in {r[0] for r in runs}:
+            self._advance(tp)
         return got
 
-    def take(self, piece: Slice, out_vals: list, out_offs: list) -> bool:
+    def take(self, piece: Slice, out_vals: list, out_offs: list, out_recs: list) -> bool:
         """Move ``piece``'s records into out lists; True once the piece is complete."""
         tp = piece.tp
-        offs, vals, h = self.offs[tp], self.vals[tp], self.head[tp]
-        lo = bisect.bisect_left(offs, piece.start, h)   # earlier offsets belong to no piece of this plan
+        offs, vals, recs, h = self.offs[tp], self.vals[tp], self.recs[tp], self.head[tp]
+        lo = bisect.bisect_left(offs, piece.start, h)   # earlier ones: a gap read through
         hi = bisect.bisect_left(offs, piece.end, lo)
         out_vals.extend(vals[lo:hi])
         out_offs.extend(offs[lo:hi])
-        if hi > h:
-            self.next[tp] = offs[hi - 1] + 1
+        out_recs.extend(recs[lo:hi])
         self.head[tp] = hi
         if hi > 65536 and hi * 2 > len(offs):  # drop what was handed out, now and then
-            del offs[:hi], vals[:hi]
-            self.head[tp] = hi = 0
-        if tp in self.paused and len(offs) - hi < self.limit // 2:
-            self.consumer.resume([tp])
-            self.paused.discard(tp)
-        # complete when a later record is already buffered or the last one was handed out
-        return hi < len(offs) or self.next.get(tp, -1) >= piece.end
+            del offs[:hi], vals[:hi], recs[:hi]
+            self.head[tp] = 0
+        self._flow(tp)
+        return self.delivered.get(tp, 0) >= piece.end
+
+    def stalled(self, piece: Slice, timeout: float) -> bool:
+        """No record for ``timeout`` s and the rest of the piece is not a gap in the log."""
+        if time.monotonic() - self.last_record < timeout:
+            return False
+        pos = self.consumer.position(*piece.tp)
+        if pos is not None and pos >= piece.end:
+            self.delivered[piece.tp] = max(self.delivered[piece.tp], pos)   # compaction, transaction markers
+            return False
+        return True
+
+
+def _by_partition(pieces) -> dict[tuple, list[Slice]]:
+    out: dict[tuple, list[Slice]] = {}
+    for p in sorted(pieces):
+        out.setdefault(p.tp, []).append(p)
+    return out
 
 
 class KafkaStreamDataset(IterableDataset):
@@ -124,26 +205,41 @@ class KafkaStreamDataset(IterableDataset):
         self.num_classes, self.pin_memory = num_classes, pin_memory
         self._consumer_factory = consumer_factory or (
             lambda: kafka.make_consumer(kafka_cfg, group_id="ddp_kbit.train", strict=True))
-        self._dead_letters = DeadLetters(kafka_cfg, producer_factory, forwarded)
-        self.consumed: list[ConsumedRange] = []  # ranges used in optimizer steps, with their good records
-        self.used_bad: list[tuple[str, int, int, str]] = []  # bad records of batches used in steps
-        self.used_missing = 0
-        self.bad = BadRecords()  # as decoded (read-ahead included): for the --max-bad-fraction stop
+        self._dead_letters = DeadLetters(kafka_cfg, producer_factory, forwarded, data.dlq_max_bytes)
+        self.steps = 0               # batches marked used, in plan order
+        self.used_bad: list[tuple[str, int, int, str]] = []   # bad records of batches used in steps
+        self.used_missing: list[tuple[str, int, int]] = []
+        self.bad = BadRecords()      # as decoded (read-ahead included): for the --max-bad-fraction stop
         self.wait_seconds = 0.0
 
     def __len__(self) -> int:
-        return len(self.plan.batches)
-
-    def plan_batch_size(self) -> int:
-        return sum(len(s) for s in self.plan.batches[0]) if self.plan.batches else 1
+        return self.plan.num_batches
 
     def mark_used(self, batch: StreamBatch) -> None:
-        """Call after the optimizer step that consumed ``batch``."""
-        used = [ConsumedRange(s.topic, s.partition, s.start, s.end, n, self.plan.rank)
-                for s, n in zip(batch.used, batch.good)]
-        self.consumed = merge_consumed([*self.consumed, *used])
+        """Call after the optimizer step that consumed ``batch`` (batches in order)."""
+        if batch.step != self.steps:
+            raise StreamError(f"mark_used: batch {batch.step} of the plan marked after {self.steps} batches; "
+                              "mark batches in the order they were yielded")
+        self.steps += 1
         self.used_bad.extend(batch.bad_records)
-        self.used_missing += batch.missing
+        self.used_missing.extend(batch.missing)
+
+    @property
+    def consumed(self) -> list[ConsumedRange]:
+        """The offsets of the batches marked used, merged per partition, each range with
+        its good records (its bad records and offsets the log lacks not counted)."""
+        skipped = collections.Counter((t, p) for t, p, _ in self.used_missing)
+        skipped.update((t, p) for t, p, _, _ in self.used_bad)
+        excluded = {tp: np.sort(np.array([o for t, p, o, *_ in [*self.used_bad, *self.used_missing]
+                                          if (t, p) == tp], dtype=np.int64)) for tp in skipped}
+        out = []
+        for s in self.plan.used(self.steps):
+            n = len(s)
+            if s.tp in excluded:
+                ex = excluded[s.tp]
+                n -= int(np.searchsorted(ex, s.end) - np.searchsorted(ex, s.start))
+            out.append(ConsumedRange(s.topic, s.partition, s.start, s.end, n, self.plan.rank))
+        return merge_consumed(out)
 
     # ---------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[StreamBatch]:
@@ -151,15 +247,14 @@ class KafkaStreamDataset(IterableDataset):
             raise StreamError("KafkaStreamDataset reads its planned offsets with its own prefetch thread; "
                               "DataLoader worker processes would each read the same records. Iterate it directly, "
                               "or use DataLoader(dataset, batch_size=None, num_workers=0)")
-        batches = self.plan.batches
-        if not batches:
+        if not self.plan.num_batches:
             return
         q: queue.Queue = queue.Queue(maxsize=max(1, self.data.prefetch))
         stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(batches, q, stop), daemon=True, name="kafka-prefetch")
+        worker = threading.Thread(target=self._produce, args=(q, stop), daemon=True, name="kafka-prefetch")
         worker.start()
         try:
-            for _ in range(len(batches)):
+            for _ in range(self.plan.num_batches):
                 t0 = time.perf_counter()
                 item = q.get()
                 self.wait_seconds += time.perf_counter() - t0
@@ -174,73 +269,93 @@ class KafkaStreamDataset(IterableDataset):
                 except queue.Empty:
                     worker.join(0.05)
 
-    def _produce(self, batches, q: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, q: queue.Queue, stop: threading.Event) -> None:
         try:
             with self._consumer_factory() as consumer:
-                span = self.plan.span()
-                consumer.assign([(t, p, start) for (t, p), (start, _) in span.items()])
-                bufs = _PartitionBuffers(consumer, self.data.buffer_records, span)
+                # room for a whole window per partition, or a window could never complete
+                limit = max(self.data.buffer_records, 2 * max(len(w) for w in self.plan.windows))
+                reader = _Reader(consumer, limit, self.data.shuffle_chunk)
+                reader.start(self.plan)
                 codec = get_codec(self.topic.format, self.topic.layout)
-                per_group = max(1, self.data.decode_records // max(1, self.plan_batch_size()))
-                for g in range(0, len(batches), per_group):
-                    for item in self._read_group(batches[g:g + per_group], bufs, codec):
-                        if not _put(q, item, stop):
+                windows, step = self.plan.windows, 0
+                reader.want(windows[0])
+                for w, window in enumerate(windows):
+                    vals, offs, recs, planned_at = self._collect(window, reader)
+                    if w + 1 < len(windows):
+                        reader.want(windows[w + 1])   # read ahead while this window's batches wait
+                    for item in self._batches(window, step, codec, reader, vals, offs, recs, planned_at):
+                        if not _put(q, item, stop, lambda: reader.fill(self.data.poll_records, 0.05)):
                             return
+                    step += len(window.sizes)
         except BaseException as exc:  # handed to the training thread, raised there
             q.put(exc)
         finally:
             self._dead_letters.close()
 
-    def _read_group(self, group, bufs: _PartitionBuffers, codec) -> list[StreamBatch]:
-        """Read several planned batches, decode them in one call (the vectorised
-        decoder's fixed cost is per call), then split them again."""
-        vals, offs, bounds = [], [], [0]
-        good = [[0] * len(batch) for batch in group]    # records received, then good, per piece
-        piece_ends, pieces = [], []                     # where each piece's values end; its (batch, piece)
-        for b, batch in enumerate(group):
-            for i, piece in enumerate(batch):
-                _check_order(bufs, piece)
-                n0 = len(vals)
-                while not bufs.take(piece, vals, offs):
-                    if not bufs.fill(self.data.poll_records, 0.2):
-                        self._check_stall(bufs, piece, offs[n0:])
-                good[b][i] = len(vals) - n0
-                piece_ends.append(len(vals))
-                pieces.append((b, i))
-            bounds.append(len(vals))
+    def _collect(self, window: Window, reader: _Reader):
+        """The window's records in read order, and each one's planned position."""
+        vals, offs, recs, planned_at = [], [], [], []
+        base, at = {}, 0
+        for p in window.pieces:
+            base[p], at = at, at + len(p)
+        for piece in sorted(window.pieces):
+            n0 = len(offs)
+            while not reader.take(piece, vals, offs, recs):
+                if not reader.fill(self.data.poll_records, 0.2) and reader.stalled(piece, self.data.stall_timeout_s):
+                    at = offs[-1] + 1 if len(offs) > n0 else piece.start
+                    raise StreamError(f"no records from {piece.topic}[{piece.partition}] at offset {at} for "
+                                      f"{self.data.stall_timeout_s:.0f}s (planned up to {piece.end}); were they "
+                                      "deleted by retention, or is the broker down?")
+            planned_at.append(base[piece] - piece.start + np.asarray(offs[n0:], dtype=np.int64))
+        return vals, offs, recs, np.concatenate(planned_at) if planned_at else np.zeros(0, np.int64)
+
+    def _batches(self, window: Window, step: int, codec, reader, vals, offs, recs, planned_at) -> list[StreamBatch]:
+        """Decode the window in one call (the vectorised decoder's fixed cost is per
+        call), put the good rows in planned order, and cut them into its batches."""
         decoded = codec.decode_batch(vals, self.topic.shape, self.topic.dtype, self.num_classes)
-        missing = [sum(len(p) for p in batch) - (bounds[b + 1] - bounds[b]) for b, batch in enumerate(group)]
-        bad_records = [[] for _ in group]
-        for pos, err in decoded.errors:   # rare: find each bad value's piece by bisection
-            b, i = pieces[bisect.bisect_right(piece_ends, pos)]
-            good[b][i] -= 1
-            piece = group[b][i]
-            bad_records[b].append((piece.topic, piece.partition, offs[pos], err.reason))
-            self._dead_letters.send(piece.tp, offs[pos], vals[pos], err)
+        n, order, bounds = len(window), window.order, window.bounds
+        rank_in_order = np.empty(n, np.int64)
+        rank_in_order[order] = np.arange(n)
+        batch_of = lambda pos: np.searchsorted(bounds, rank_in_order[pos], side="right") - 1  # noqa: E731
+        bad = [[] for _ in window.sizes]
+        tp_ix, planned_offs = window.located
+        for pos, err in decoded.errors:    # rare: each bad value goes to its batch and the DLQ
+            tp = window.tps[tp_ix[planned_at[pos]]]
+            bad[batch_of(planned_at[pos])].append((tp[0], tp[1], offs[pos], err.reason))
+            key, headers = reader.consumer.meta(recs[pos])
+            self._dead_letters.send(tp, offs[pos], key, vals[pos], headers, err)
         self.bad.add(len(vals), [err.reason for _, err in decoded.errors])
         self._check_bad_fraction()
-        # good rows are in input order, so each batch's rows are one contiguous run
-        cuts = np.searchsorted(decoded.positions, bounds)
+        row = np.full(n, -1, np.int64)
+        row[planned_at[decoded.positions]] = np.arange(len(decoded.positions))
+        in_order = row[order]
+        good = in_order >= 0
+        cuts = np.concatenate([[0], np.cumsum(good)])[bounds]
+        images, labels = decoded.images[in_order[good]], decoded.labels[in_order[good]]
+        missing = self._missing(window, planned_at, bounds, order)
         out = []
-        for b, batch in enumerate(group):
-            a, z = cuts[b], cuts[b + 1]
-            images = torch.from_numpy(np.ascontiguousarray(decoded.images[a:z]))
+        for j, size in enumerate(window.sizes):
+            a, z = cuts[j], cuts[j + 1]
+            x = torch.from_numpy(images[a:z])
             if self.pin_memory:
-                images = images.pin_memory()
-            out.append(StreamBatch(images, torch.from_numpy(decoded.labels[a:z].copy()), batch, tuple(good[b]),
-                                   tuple(bad_records[b]), missing[b]))
+                x = x.pin_memory()
+            out.append(StreamBatch(x, torch.from_numpy(labels[a:z]), step + j, size, tuple(bad[j]), missing[j]))
         return out
 
-    def _check_stall(self, bufs: _PartitionBuffers, piece: Slice, got_offsets: list) -> None:
-        if time.monotonic() - bufs.last_record < self.data.stall_timeout_s:
-            return
-        pos = bufs.consumer.position(*piece.tp)
-        if pos is not None and pos >= piece.end:
-            return  # the rest of the piece is a gap in the log (compaction, markers)
-        at = got_offsets[-1] + 1 if got_offsets else piece.start
-        raise StreamError(f"no records from {piece.topic}[{piece.partition}] at offset {at} for "
-                          f"{self.data.stall_timeout_s:.0f}s (planned up to {piece.end}); were they deleted by "
-                          "retention, or is the broker down?")
+    @staticmethod
+    def _missing(window: Window, planned_at: np.ndarray, bounds: np.ndarray, order: np.ndarray) -> list[tuple]:
+        """Per batch: planned offsets no record came for (compaction, transaction markers)."""
+        if len(planned_at) == len(window):
+            return [()] * len(window.sizes)
+        have = np.zeros(len(window), bool)
+        have[planned_at] = True
+        tp_ix, offs = window.located
+        out = []
+        for j in range(len(window.sizes)):
+            pos = order[bounds[j]:bounds[j + 1]]
+            lost = pos[~have[pos]]
+            out.append(tuple((*window.tps[tp_ix[p]], int(offs[p])) for p in lost))
+        return out
 
     def _check_bad_fraction(self) -> None:
         b = self.bad
@@ -250,28 +365,22 @@ class KafkaStreamDataset(IterableDataset):
                               f"--max-bad-fraction {self.data.max_bad_fraction}; see the dead-letter topic")
 
 
-def _check_order(bufs: _PartitionBuffers, piece: Slice) -> None:
-    """Each partition is read once, front to back: a piece that starts before what was
-    already handed out could only come back empty, so it is an error, never a silent gap."""
-    done = bufs.next.get(piece.tp, piece.start)
-    if piece.start < done:
-        raise StreamError(f"the plan goes back in {piece.topic}[{piece.partition}]: offsets [{piece.start}, "
-                          f"{piece.end}) after offset {done - 1} was read; plans must read each partition front to back")
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put unless told to stop; False when stopped."""
+def _put(q: queue.Queue, item, stop: threading.Event, meanwhile: Callable[[], object]) -> bool:
+    """Put unless told to stop; while the queue is full, ``meanwhile`` (read ahead).
+    False when stopped."""
     while not stop.is_set():
         try:
-            q.put(item, timeout=0.1)
+            q.put_nowait(item)
             return True
         except queue.Full:
-            continue
+            if not meanwhile():
+                time.sleep(0.005)
     return False
 
 
 def to_device(batch: StreamBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 -> float on the device (4x less to copy than float32 on the host)."""
+    """uint8 -> float on the device (4x less to copy than float32 on the host);
+    float32 topics stay as they are. (N, H, W) -> (N, 1, H, W); HWC -> CHW."""
     non_blocking = device.type == "cuda"
     x = batch.images.to(device, non_blocking=non_blocking)
     x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()

@@ -9,19 +9,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from ignite.engine import Events
 
 from ddp_kbit import kafka
 from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
 from ddp_kbit.data.datasets import Dataset
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import plan_epoch, ranges_to_slices
+from ddp_kbit.data.partitions import Shuffle, plan_epoch, ranges_to_slices
 from ddp_kbit.data.publish import produce_all
-from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch
+from ddp_kbit.data.stream import KafkaStreamDataset
 from ddp_kbit.experiment.grid import MEMORY, RAW, Condition
 from ddp_kbit.kafka.broker import EmbeddedBroker
-from ddp_kbit.train.loop import RankTrainer, RunSpec, build_optimizer, make_trainer
-from ddp_kbit.train.models import build_model
+from ddp_kbit.train.loop import MemoryBatches, RankTrainer, RunSpec
 from ddp_kbit.wire import get_codec
 
 
@@ -88,13 +86,14 @@ class RankSide:
 def measure_rank(side: RankSide, cond: Condition, rank: int, world: int, device, round_dir: str) -> dict:
     """This rank's part of one measurement: records, seconds, and extras."""
     if cond.workload == "train":
-        return train_memory(side, rank, world, device) if cond.format == MEMORY else \
+        return train_memory(side, rank, world, device, round_dir) if cond.format == MEMORY else \
             train_kafka(side, cond, rank, world, device, round_dir)
     if cond.format == MEMORY:
         return ingest_memory(side, rank, world)
     key = (cond.format, cond.layout, cond.compression)
     topic, cfg = side.topics[key], replace(side.kafka, client=cond.client)
-    plan = plan_epoch(ranges_to_slices(topic.topic, topic.partitions), world, side.train.batch_size)[rank]
+    plan = plan_epoch(ranges_to_slices(topic.topic, topic.partitions), world, side.train.batch_size, side.train.seed,
+                      0, Shuffle.of(side.data))[rank]
     t0, records = time.perf_counter(), 0
     for _ in range(side.passes):   # each pass with its own consumer, as each epoch of training
         records += raw_drain(cfg, plan) if cond.format == RAW else stream_drain(cfg, side.data, topic, plan)
@@ -125,23 +124,6 @@ def _rank_share(side: RankSide, rank: int, world: int) -> tuple[torch.Tensor, to
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
 
 
-class MemoryBatches:
-    """The same batches the stream yields, from an in-memory uint8 tensor."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int):
-        self.x, self.y, self.batch = x, y, batch
-
-    def __len__(self) -> int:
-        return (len(self.y) + self.batch - 1) // self.batch
-
-    def __iter__(self):
-        for i in range(0, len(self.y), self.batch):
-            yield StreamBatch(self.x[i:i + self.batch], self.y[i:i + self.batch], ())
-
-    def mark_used(self, batch) -> None:  # the step closure reports used batches; nothing to track here
-        pass
-
-
 def ingest_memory(side: RankSide, rank: int, world: int) -> dict:
     x, y = _rank_share(side, rank, world)
     t0, records = time.perf_counter(), 0
@@ -151,36 +133,30 @@ def ingest_memory(side: RankSide, rank: int, world: int) -> dict:
             "bytes": side.passes * x.numel() * x.element_size()}
 
 
-def train_memory(side: RankSide, rank: int, world: int, device) -> dict:
-    """The same model, optimizer, batches and step closure, fed from memory."""
-    torch.manual_seed(side.train.seed)
-    model = build_model(side.train.model, side.images.shape[1:], side.num_classes).to(device)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+def train_memory(side: RankSide, rank: int, world: int, device, round_dir: str) -> dict:
+    """The same trainer (model, optimizer, step, checkpoints) with in-memory batches
+    as its source: the no-Kafka ceiling of the train workload."""
     x, y = _rank_share(side, rank, world)
-    batches = MemoryBatches(x, y, side.train.batch_size)
-    opt, sched = build_optimizer(side.train, model.parameters(), side.train.epochs * len(batches))
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    trainer = make_trainer(model, opt, sched, scaler, device, side.train.grad_accum, amp=False)
-
-    @trainer.on(Events.STARTED)
-    def _bind(engine):
-        engine.state.stream, engine.state.global_step = batches, 0
-
+    spec = _spec(side, side.kafka, next(iter(side.topics.values())), None, round_dir)
+    rt = RankTrainer(spec, rank, world, device, source=MemoryBatches(x, y, side.train.batch_size))
     t0 = time.perf_counter()
-    trainer.run(batches, max_epochs=side.train.epochs, epoch_length=len(batches))
+    for epoch in range(side.train.epochs):
+        rt.train_epoch(epoch, evaluate=False)
     return {"records": len(y) * side.train.epochs, "seconds": time.perf_counter() - t0}
+
+
+def _spec(side: RankSide, kcfg: KafkaConfig, topic: Manifest, test: Manifest | None, round_dir: str) -> RunSpec:
+    return RunSpec(kafka=kcfg, data=side.data, train=side.train, checkpoint=_checkpoint_cfg(round_dir),
+                   train_topic=topic, test_topic=test, num_classes=side.num_classes, run_dir=side.run_dir,
+                   model=side.train.model, progress=False, collective_timeout_s=side.collective_timeout_s)
 
 
 def train_kafka(side: RankSide, cond: Condition, rank: int, world: int, device, round_dir: str) -> dict:
     """The real training path (RankTrainer: stream, ignite engine, checkpoints,
     evaluation) for the configured epochs."""
     key = (cond.format, cond.layout, cond.compression)
-    spec = RunSpec(kafka=replace(side.kafka, client=cond.client), data=side.data, train=side.train,
-                   checkpoint=_checkpoint_cfg(round_dir), train_topic=side.topics[key],
-                   test_topic=side.test_topics[key], num_classes=side.num_classes, run_dir=side.run_dir,
-                   progress=False, collective_timeout_s=side.collective_timeout_s)
-    rt = RankTrainer(spec, rank, world, device, use_cuda=False)
+    spec = _spec(side, replace(side.kafka, client=cond.client), side.topics[key], side.test_topics[key], round_dir)
+    rt = RankTrainer(spec, rank, world, device)
     for epoch in range(side.train.epochs):
         rt.train_epoch(epoch)
     hist = rt.run.history                        # every rank holds the world's figures

@@ -7,6 +7,7 @@ exceptions leave no orphan.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
@@ -92,3 +93,16 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def reachable(cfg, run_dir: Path):
+    """Yields a KafkaConfig with reachable bootstrap servers: the given ones, or an
+    embedded broker's that is stopped on exit (Ctrl-C and exceptions included)."""
+    if cfg.bootstrap_servers:
+        yield cfg
+        return
+    with EmbeddedBroker(run_dir) as broker:
+        log.info("no --bootstrap-servers: using embedded broker %s (log %s)", broker.bootstrap_servers,
+                 Path(run_dir) / "broker.log")
+        yield cfg.with_servers(broker.bootstrap_servers)

@@ -100,12 +100,18 @@ class Consumer(Closing):
     def assign(self, positions: Sequence[tuple[str, int, int]]) -> None:
         self._c.assign([self._tp(t, p, o) for t, p, o in positions])
 
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        try:
+            self._c.seek(self._tp(topic, partition, offset))
+        except Exception as exc:
+            raise ClientError(f"cannot seek {topic}[{partition}] to {offset}: {short(exc)}") from None
+
     def poll(self, max_records: int = 10_000, timeout: float = 0.5, headers: bool = False) -> list[Record]:
         msgs = self._consume(max_records, timeout)
         return [Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() if headers else None)
                 for m in msgs]
 
-    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list]]:
+    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list, list]]:
         """A poll returns runs of records per partition: only what varies per record
         (offset, value) is taken per record; topic and partition once per run."""
         msgs = self._consume(max_records, timeout)
@@ -120,8 +126,11 @@ class Consumer(Closing):
             if msgs[b - 1].topic() != run_topic:  # one partition number in two topics: split by topic too
                 runs += _split_topics(msgs[a:b], offs[a:b], vals[a:b])
             else:
-                runs.append(((run_topic, int(parts[a])), offs[a:b], vals[a:b]))
+                runs.append(((run_topic, int(parts[a])), offs[a:b], vals[a:b], msgs[a:b]))
         return runs
+
+    def meta(self, record) -> tuple[bytes | None, list]:
+        return record.key(), list(record.headers() or [])
 
     def _consume(self, max_records: int, timeout: float) -> list:
         """Messages without errors; a fatal or non-retriable error raises at once."""
@@ -171,11 +180,11 @@ class Consumer(Closing):
         self._c.close()
 
 
-def _split_topics(msgs, offs, vals) -> list[tuple[tuple, list, list]]:
+def _split_topics(msgs, offs, vals) -> list[tuple[tuple, list, list, list]]:
     runs, start = [], 0
     for i in range(1, len(msgs) + 1):
         if i == len(msgs) or msgs[i].topic() != msgs[start].topic():
-            runs.append(((msgs[start].topic(), msgs[start].partition()), offs[start:i], vals[start:i]))
+            runs.append(((msgs[start].topic(), msgs[start].partition()), offs[start:i], vals[start:i], msgs[start:i]))
             start = i
     return runs
 

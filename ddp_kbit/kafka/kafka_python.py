@@ -98,6 +98,9 @@ class Consumer(Closing):
         for tp, (_, _, o) in zip(tps, positions):
             self._c.seek(tp, o)
 
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._c.seek(self._tp(topic, partition), offset)
+
     def _poll(self, max_records: int, timeout: float) -> dict:
         try:
             return self._c.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
@@ -108,10 +111,13 @@ class Consumer(Closing):
         return [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers) if headers else None)
                 for recs in self._poll(max_records, timeout).values() for r in recs]
 
-    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list]]:
+    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list, list]]:
         """kafka-python already hands records out per partition."""
-        return [((tp.topic, tp.partition), [r.offset for r in recs], [r.value for r in recs])
+        return [((tp.topic, tp.partition), [r.offset for r in recs], [r.value for r in recs], recs)
                 for tp, recs in self._poll(max_records, timeout).items() if recs]
+
+    def meta(self, record) -> tuple[bytes | None, list]:
+        return record.key, list(record.headers or [])
 
     def drain(self, count: int, idle_timeout: float = 30.0) -> int:
         """The cheapest honest consume loop (a benchmark's ceiling); see the confluent adapter."""

@@ -101,11 +101,19 @@ class RecordConsumer(Protocol):
     def assign(self, positions: Sequence[tuple[str, int, int]]) -> None:
         """Read these (topic, partition, offset)s from now on; never a consumer group."""
 
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read an assigned partition from ``offset`` on (what was fetched beyond is dropped)."""
+
     def poll(self, max_records: int = 10_000, timeout: float = 0.5, headers: bool = False) -> list[Record]: ...
 
-    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list]]:
-        """Hot path: ``[((topic, partition), offsets, values), ...]``, one entry per run of
-        records from one partition, in the order received."""
+    def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list, list]]:
+        """Hot path: ``[((topic, partition), offsets, values, records), ...]``, one entry per
+        run of records from one partition, in the order received; ``records`` are the
+        client's own record objects, kept only so :meth:`meta` can read a bad record's
+        key and headers (for the dead-letter topic) without any per-record work here."""
+
+    def meta(self, record) -> tuple[bytes | None, list]:
+        """(key, headers) of one of the client's record objects from :meth:`poll_runs`."""
 
     def drain(self, count: int, idle_timeout: float = 30.0) -> int:
         """Benchmark ceiling: consume ``count`` records touching each value's length; the values' bytes."""

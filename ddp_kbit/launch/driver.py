@@ -9,12 +9,13 @@ from pathlib import Path
 
 from ddp_kbit.config import DataConfig, JobConfig, KafkaConfig, PublishConfig, as_dict
 from ddp_kbit.data import manifest
-from ddp_kbit.data.dead_letters import already_forwarded, dlq_topic
+from ddp_kbit.data.dead_letters import dlq_topic, read_dead_letters
 from ddp_kbit.data.publish import ensure_published
 from ddp_kbit.errors import UserError
 from ddp_kbit.launch import spark
-from ddp_kbit.train import checkpoint
+from ddp_kbit.train import checkpoint, models, rankfiles, usercode
 from ddp_kbit.train.loop import RunSpec, train_fn
+from ddp_kbit.train.transforms import Transforms
 
 log = logging.getLogger("ddp_kbit.driver")
 
@@ -35,27 +36,6 @@ def resolve_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool) -> dict[
     return {split: manifest.resolve(kcfg, data.topic(split)) for split in ("train", "test")}
 
 
-def check_on_broker(kcfg: KafkaConfig, m: manifest.Manifest, allow_missing: bool) -> tuple[manifest.Manifest, list]:
-    """The manifest as far as the broker still holds it, and the missing ranges.
-    Missing planned records stop the run unless ``allow_missing``; records appended
-    after the manifest are logged, once."""
-    if m.source != "manifest":
-        return m, []
-    cov = manifest.coverage(m, manifest.broker_bounds(kcfg, m))
-    if cov.beyond:
-        log.warning("topic %s holds %d records beyond its manifest (appended after it was written); they are not "
-                    "read: publish them with a new manifest to train on them", m.topic, cov.beyond)
-    if not cov.missing:
-        return m, []
-    if not allow_missing:
-        raise UserError(f"records the manifest of {m.topic} covers are not on the broker: "
-                        f"{cov.describe_missing(m.topic)} (deleted by retention?); pass --allow-missing-records "
-                        "to train on the rest")
-    log.warning("training without %s: not on the broker (--allow-missing-records)", cov.describe_missing(m.topic))
-    return manifest.without(m, cov.missing), [{"topic": m.topic, "partition": p, "start": s, "end": e}
-                                              for p, s, e in cov.missing]
-
-
 def check_compatible(train: manifest.Manifest, test: manifest.Manifest, data: DataConfig) -> int:
     """The manifests are the source of truth; a flag that contradicts one is the
     error. Returns the class count."""
@@ -73,10 +53,35 @@ def check_compatible(train: manifest.Manifest, test: manifest.Manifest, data: Da
     return classes
 
 
-def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path) -> RunSpec:
-    """``manifests``: train and test, as far as the broker holds them."""
+def user_code(job: JobConfig, model=None, transforms=()) -> tuple:
+    """The run's model, transforms and handlers: the job's specs parsed (a file's text
+    read now, to travel with the spec), or the caller's own callables (Python API)."""
+    model = model if model is not None else job.train.model
+    if isinstance(model, str) and usercode.is_spec(model):
+        model = usercode.parse(model, "--model")
+    refs = tuple(t if callable(t) else usercode.parse(t, "--transform") for t in (*job.train.transforms, *transforms))
+    handlers = tuple(usercode.parse(h, "--handler") for h in job.train.handlers)
+    return model, refs, handlers
+
+
+def check_user_code(model, transforms, augment: bool, shape, num_classes: int) -> int:
+    """Before any rank starts: build the model and run one forward pass, and call the
+    transforms once, on a batch of the topic's shape; every mistake is one line
+    naming the spec (exit 2). Returns the model's parameter count."""
+    count = models.check_model(model, shape, num_classes)
+    Transforms(transforms, builtin_augment=augment).check(models.example_batch(shape), num_classes)
+    return count
+
+
+def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path, model=None,
+               transforms=()) -> RunSpec:
+    """``manifests``: train and test, as far as the broker holds them; ``model`` and
+    ``transforms``: callables of the Python API, on top of the job's specs."""
     train, test = manifests["train"], manifests["test"]
     classes = check_compatible(train, test, job.data)
+    model, transforms, handlers = user_code(job, model, transforms)
+    params = check_user_code(model, transforms, job.train.augment, train.shape, classes)
+    log.info("model %s: %d parameters", getattr(model, "spec", model), params)
     ckpt_dir = Path(job.checkpoint.dir).expanduser().resolve() if job.checkpoint.dir else run_dir / "checkpoints"
     found = checkpoint.latest(ckpt_dir)
     if job.checkpoint.resume and found is None:
@@ -86,7 +91,8 @@ def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path
                         "to continue from them, or choose another --checkpoint-dir")
     return RunSpec(kafka=kcfg, data=job.data, train=job.train,
                    checkpoint=replace(job.checkpoint, dir=str(ckpt_dir)), train_topic=train, test_topic=test,
-                   num_classes=classes, run_dir=str(run_dir), log_level=job.general.log_level,
+                   num_classes=classes, run_dir=str(run_dir), model=model, transforms=transforms, handlers=handlers,
+                   log_level=job.general.log_level,
                    progress=job.general.progress, use_gpu=job.spark.gpu,
                    collective_timeout_s=job.spark.collective_timeout_s,
                    resume_from=str(found) if job.checkpoint.resume else None)
@@ -99,10 +105,10 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
     attempt's world size and error."""
     restarts, attempts, scfg = 0, [], job.spark
     while True:
-        clear_failures(spec.run_dir)
+        rankfiles.clear(spec.run_dir)
         # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
-        spec = replace(spec, dead_lettered=already_forwarded(spec.kafka, [spec.train_topic.topic,
-                                                                          spec.test_topic.topic]))
+        spec = replace(spec, dead_lettered=read_dead_letters(spec.kafka, [spec.train_topic.topic,
+                                                                          spec.test_topic.topic]).forwarded)
         try:
             launched = spark.launch(scfg, train_fn, spec)
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": None})
@@ -112,7 +118,8 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
         except Exception as exc:
             # the launcher's whole error (Spark and torchrun output) for whoever wants more than one line
             (Path(spec.run_dir) / f"launch-error.attempt{restarts}.txt").write_text(str(exc))
-            reason = describe_failure(str(exc), rank_failures(spec.run_dir), started_ranks(spec.run_dir))
+            reason = describe_failure(str(exc), rankfiles.failures(spec.run_dir), rankfiles.started_ranks(spec.run_dir),
+                                      rankfiles.stalled(spec.run_dir))
             if "No module named 'ddp_kbit'" in reason:
                 reason += " (the executors' Python lacks the package: pass --ship-package)"
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": reason})
@@ -128,38 +135,23 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
             spec = replace(spec, resume_from=str(found) if found else None)
 
 
-def clear_failures(run_dir: str) -> None:
-    for f in [*Path(run_dir).glob("failure.rank*.txt"), *Path(run_dir).glob("rank*.pid")]:
-        f.unlink(missing_ok=True)
-
-
-def rank_failures(run_dir: str) -> dict[int, str]:
-    """Rank -> the one line its failure file holds, oldest first."""
-    files = sorted(Path(run_dir).glob("failure.rank*.txt"), key=lambda f: f.stat().st_mtime)
-    out = {}
-    for f in files:
-        text = f.read_text().strip()
-        if text and f.stem.removeprefix("failure.rank").isdigit():
-            out[int(f.stem.removeprefix("failure.rank"))] = text.splitlines()[0][:500]
-    return out
-
-
-def started_ranks(run_dir: str) -> set[int]:
-    """Ranks that started and did not finish cleanly (each leaves rank<N>.pid until it does)."""
-    return {int(f.stem[4:]) for f in Path(run_dir).glob("rank*.pid") if f.stem[4:].isdigit()}
-
-
 _BLOCK = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((SIG[A-Z0-9]+)\))?[ \t]*\n")
 _ROOT = "Root Cause (first observed failure)"
 _BARRIER = re.compile(r"barrier task ResultTask\(\d+, (\d+)\) finished unsuccessfully")
 
 
-def describe_failure(text: str, failures: dict[int, str], started: set[int] = frozenset()) -> str:
-    """Which rank failed first and how (its own error, or the signal or exit code
-    that ended it), then what the other ranks said. ``text``: the launcher's error,
-    which carries torchrun's failure summary; ``failures``: the ranks' own lines;
-    ``started``: ranks that began but never finished (a rank killed outright leaves
-    no line of its own)."""
+def describe_failure(text: str, failures: dict[int, str], started: set[int] = frozenset(),
+                     stalled: dict[int, str] | None = None) -> str:
+    """Which rank failed first and how (its own error, the signal or exit code that
+    ended it, or that it stopped responding), then what the other ranks said.
+    ``text``: the launcher's error, which carries torchrun's failure summary;
+    ``failures``: the ranks' own lines; ``started``: ranks that began but never
+    finished (a rank killed outright leaves no line of its own); ``stalled``: notes
+    of ranks a peer found alive but making no progress (stopped, hung)."""
+    hung = {r: line for r, line in (stalled or {}).items() if r not in failures}
+    if hung:   # everybody else waited for it: it comes first, whatever torchrun saw first
+        first = min(hung)
+        return hung[first] + "".join(f"; then {line}" for line in list(failures.values())[:2])
     how = {int(m.group(1)): (int(m.group(2)), m.group(3)) for m in _BLOCK.finditer(text)}
     root_at = text.find(_ROOT)
     root = _BLOCK.search(text, root_at) if root_at >= 0 else None
@@ -202,7 +194,7 @@ def last_line(text: str) -> str:
 
 
 def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict], restarts: int, dlq: str,
-                 missing: list, attempts: list) -> dict:
+                 missing: list, attempts: list, value_dropped: int = 0) -> dict:
     result, where = launched
     ranks = result.get("ranks", [])
     where = {**where, "ranks": ranks}
@@ -212,22 +204,27 @@ def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict],
               "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark)}
     return {"mode": "train", "config": config, "spark": where, "world_size": result["world_size"],
             "restarts": restarts, "epochs": result["epochs"], "final": result["final"],
-            "bad_records": {**result["bad_records"], "dlq_topic": dlq}, "missing_records": missing,
-            "attempts": attempts}
+            "model": result["model"], "bad_records": {**result["bad_records"], "dlq_topic": dlq,
+                                                      "dlq_value_dropped": value_dropped},
+            "missing_records": missing, "attempts": attempts}
 
 
-def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path) -> dict:
+def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, transforms=()) -> dict:
     """``kcfg``: the job's Kafka config with reachable servers (the embedded broker's, if any)."""
     manifests, missing = {}, []
     for split, m in resolve_topics(kcfg, job.data, job.general.progress).items():
-        manifests[split], gone = check_on_broker(kcfg, m, job.data.allow_missing_records)
+        manifests[split], gone = manifest.check_on_broker(kcfg, m, job.data.allow_missing_records)
         missing += gone
-    spec = build_spec(job, kcfg, manifests, run_dir)
+    spec = build_spec(job, kcfg, manifests, run_dir, model, transforms)
     log.info("training on %s (%d records, %d partitions), testing on %s; %d processes, %s",
              manifests["train"].topic, manifests["train"].record_count, len(manifests["train"].partitions),
              manifests["test"].topic, job.spark.num_processes, "barrier mode" if job.spark.distributed else "local mode")
     launched, restarts, attempts = run_with_restarts(job, spec)
-    return train_report(job, kcfg, launched, restarts, dlq_topic(manifests["train"].topic), missing, attempts)
+    dropped = read_dead_letters(kcfg, [spec.train_topic.topic]).value_dropped
+    in_run = sum(1 for t, p, o in dropped if spec.train_topic.partitions.get(p, (0, 0))[0] <= o
+                 < spec.train_topic.partitions.get(p, (0, 0))[1])
+    return train_report(job, kcfg, launched, restarts, dlq_topic(manifests["train"].topic), missing, attempts,
+                        in_run)
 
 
 def run_publish(job: JobConfig, kcfg: KafkaConfig) -> dict:

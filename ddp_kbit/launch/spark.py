@@ -301,6 +301,20 @@ def _cancel_all(sc) -> None:
         sc.cancelAllJobs()
 
 
+@contextlib.contextmanager
+def session_scope():
+    """A Spark session that is active on entry (spark-submit's, a notebook's, a test
+    fixture's) is used and left running; one started inside is stopped on exit."""
+    from pyspark.sql import SparkSession
+
+    had = SparkSession.getActiveSession() is not None
+    try:
+        yield
+    finally:
+        if not had:
+            stop_session()
+
+
 def stop_session() -> None:
     from pyspark.sql import SparkSession
 

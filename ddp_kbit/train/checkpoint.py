@@ -39,12 +39,12 @@ class _DurableDiskSaver(DiskSaver):
 
 
 def checkpointer(directory: str | Path, to_save: Mapping, keep: int) -> Checkpoint:
-    """Call it with the trainer engine (``engine.state.global_step`` names the file);
+    """Call it with the trainer engine (``engine.tally.global_step`` names the file);
     it already knows the checkpoints an earlier attempt left in ``directory``, so
     only the newest ``keep`` stay however often the run restarts."""
     handler = Checkpoint(to_save, _DurableDiskSaver(directory, atomic=True, require_empty=False),
                          filename_prefix=PREFIX, filename_pattern="{filename_prefix}-s{global_step:09d}.{ext}",
-                         n_saved=keep, global_step_transform=lambda engine, _: engine.state.global_step)
+                         n_saved=keep, global_step_transform=lambda engine, _: engine.tally.global_step)
     handler.load_state_dict({"_saved": [(step, p.name) for step, p in _found(directory)]})
     return handler
 

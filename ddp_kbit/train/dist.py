@@ -18,9 +18,8 @@ def init_distributed(use_cuda: bool, timeout_s: float = 180.0) -> tuple[int, int
     """(rank, world size, device); every collective of the group gives up after
     ``timeout_s``, so a rank whose peer died never waits longer."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", gpu_assignment(os.environ, torch.cuda.device_count())["device_index"])
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -28,6 +27,19 @@ def init_distributed(use_cuda: bool, timeout_s: float = 180.0) -> tuple[int, int
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return rank, world, device
+
+
+def gpu_assignment(env, device_count: int) -> dict:
+    """Which GPU a rank takes (pure: no CUDA call). Spark gives each barrier task its
+    GPU address(es) and TorchDistributor exports them as CUDA_VISIBLE_DEVICES, so
+    device index ``LOCAL_RANK % device_count`` of the visible ones is the task's own
+    address; in local mode the visible list holds one address per local rank."""
+    local_rank = int(env.get("LOCAL_RANK", 0))
+    visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    count = device_count or len(visible)
+    index = local_rank % count if count else 0
+    return {"local_rank": local_rank, "device_index": index, "visible": visible,
+            "address": visible[index] if index < len(visible) else str(index)}
 
 
 def teardown() -> None:

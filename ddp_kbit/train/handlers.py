@@ -1,17 +1,19 @@
-"""Cross-cutting features of the training loop, as ignite handlers: progress,
-step checkpoints, and handlers a user names in ``[train] handlers`` / ``--handler``
-(``module:function``, called as ``function(trainer, context)`` on every rank at
-the start of every epoch — e.g. a metrics logger, or a fault injector in tests)."""
+"""Cross-cutting features of the training loop, as ignite handlers: progress, a
+heartbeat, step checkpoints, and handlers a user names in ``[train] handlers`` /
+``--handler`` (``MODULE:FUNCTION`` or ``PATH.py:FUNCTION``, called as
+``function(trainer, context)`` on every rank at the start of every epoch — e.g. a
+metrics logger, or a fault injector in tests). ``trainer.tally`` holds the epoch's
+counts (``global_step``, ``samples``)."""
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ignite.engine import Engine, Events
 
-from ddp_kbit.errors import ConfigError
 from ddp_kbit.progress import Progress
+from ddp_kbit.train.usercode import CodeRef, load
 
 
 @dataclass(frozen=True)
@@ -47,27 +49,31 @@ def attach_every_steps(trainer: Engine, every: int, fn: Callable[[Engine], None]
     """Run ``fn`` after every ``every``-th optimizer step (never between the
     batches of one gradient accumulation)."""
 
+    last = {"step": None}
+
     def due(engine, _event_count) -> bool:
-        st = engine.state
-        return not st.pending and st.global_step % every == 0 and st.global_step != getattr(st, "last_due", None)
+        t = engine.tally
+        return not t.pending and t.global_step % every == 0 and t.global_step != last["step"]
 
     @trainer.on(Events.ITERATION_COMPLETED(event_filter=due))
     def _run(engine):
-        engine.state.last_due = engine.state.global_step
+        last["step"] = engine.tally.global_step
         fn(engine)
 
 
-def load_handler(spec: str) -> Callable[[Engine, HandlerContext], None]:
-    module, _, name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"handler {spec}: cannot load it ({exc})") from None
-    if not callable(fn):
-        raise ConfigError(f"handler {spec} is not callable")
-    return fn
+def attach_heartbeat(trainer: Engine, beat: Callable[[], None], every_s: float = 1.0) -> None:
+    """``beat()`` after a step, at most every ``every_s`` seconds: a sign of progress
+    that tells a hung rank from a slow one."""
+    state = {"at": 0.0}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _beat(engine):
+        now = time.monotonic()
+        if now - state["at"] >= every_s:
+            state["at"] = now
+            beat()
 
 
-def attach_user_handlers(trainer: Engine, specs: tuple[str, ...], ctx: HandlerContext) -> None:
-    for spec in specs:
-        load_handler(spec)(trainer, ctx)
+def attach_user_handlers(trainer: Engine, refs: Sequence[CodeRef], ctx: HandlerContext) -> None:
+    for ref in refs:
+        load(ref, "--handler")(trainer, ctx)

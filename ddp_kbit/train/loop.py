@@ -1,9 +1,12 @@
 """Per-rank training: ``train_fn(spec)`` runs inside each TorchDistributor process.
 
-The loop is ignite's: a step closure plus handlers (progress, step checkpoints,
-user handlers). Each epoch streams this rank's planned batches from Kafka;
-evaluation streams the test topic the same way. Rank 0 gathers what every rank
-consumed and returns the report to the driver.
+The loop is ignite's: a step closure plus handlers (progress, heartbeat, step
+checkpoints, user handlers). One rank setup serves every caller: :class:`RankTrainer`
+takes its batch source (a :class:`KafkaDataset` of the train topic, or batches from
+memory for the experiment's ceiling) and runs the model, transforms, optimizer and
+checkpoints the same way for both. Evaluation streams the test topic the same way.
+Every rank returns the same result (the run's report part): TorchDistributor's local
+mode keeps whichever rank's return value it reads last.
 """
 from __future__ import annotations
 
@@ -14,23 +17,33 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.metrics import Accuracy, Loss
 
 from ddp_kbit import logs
 from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
+from ddp_kbit.data.dataset import KafkaDataset
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import Slice, plan_epoch, ranges_to_slices, subtract
-from ddp_kbit.data.stream import KafkaStreamDataset, to_device
-from ddp_kbit.train import checkpoint, dist
-from ddp_kbit.train.handlers import HandlerContext, attach_every_steps, attach_progress, attach_user_handlers
-from ddp_kbit.train.models import build_model
+from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices
+from ddp_kbit.data.stream import StreamBatch, to_device
+from ddp_kbit.errors import UserError
+from ddp_kbit.train import checkpoint, dist, rankfiles
+from ddp_kbit.train.handlers import (
+    HandlerContext,
+    attach_every_steps,
+    attach_heartbeat,
+    attach_progress,
+    attach_user_handlers,
+)
+from ddp_kbit.train.models import make_model, parameter_count, spec_name
 from ddp_kbit.train.records import EpochStats, RunProgress, epoch_record
+from ddp_kbit.train.transforms import Transforms, batch_generator
+from ddp_kbit.train.usercode import CodeRef
 
 log = logging.getLogger("ddp_kbit.train")
 
@@ -38,16 +51,21 @@ log = logging.getLogger("ddp_kbit.train")
 @dataclass(frozen=True)
 class RunSpec:
     """Everything a rank needs, picklable: sent by the driver through TorchDistributor.
-    Paths are absolute: a rank on an executor starts in another working directory."""
+    Paths are absolute: a rank on an executor starts in another working directory.
+    User code (model, transforms, handlers) travels as :class:`CodeRef`s, a file's
+    text included."""
 
     kafka: KafkaConfig
     data: DataConfig
     train: TrainConfig
     checkpoint: CheckpointConfig     # ``dir`` resolved
     train_topic: Manifest
-    test_topic: Manifest
+    test_topic: Manifest | None
     num_classes: int
     run_dir: str
+    model: object = "cnn"                  # a built-in name, a CodeRef, or a callable (Python API)
+    transforms: tuple = ()                 # CodeRefs or callables
+    handlers: tuple[CodeRef, ...] = ()
     log_level: str = "INFO"
     progress: bool = True
     use_gpu: bool = False
@@ -56,18 +74,18 @@ class RunSpec:
     dead_lettered: frozenset = frozenset()   # (topic, partition, offset) already in a DLQ
 
     @property
-    def train_slices(self) -> list[Slice]:
-        return ranges_to_slices(self.train_topic.topic, self.train_topic.partitions)
+    def model_spec(self) -> str:
+        return spec_name(self.model)
 
     @property
-    def test_slices(self) -> list[Slice]:
-        return ranges_to_slices(self.test_topic.topic, self.test_topic.partitions)
+    def train_slices(self) -> list[Slice]:
+        return ranges_to_slices(self.train_topic.topic, self.train_topic.partitions)
 
     def belongs_to(self) -> dict:
         """What a checkpoint of this run is for; a resume must match it exactly."""
         ranges = lambda m: {str(p): list(r) for p, r in sorted(m.partitions.items())}  # noqa: E731
         return {"train_topic": self.train_topic.topic, "train_ranges": ranges(self.train_topic),
-                "test_topic": self.test_topic.topic, "model": self.train.model,
+                "test_topic": self.test_topic.topic if self.test_topic else None, "model": self.model_spec,
                 "shape": list(self.train_topic.shape), "dtype": self.train_topic.dtype,
                 "num_classes": self.num_classes}
 
@@ -76,62 +94,82 @@ class RunSpec:
 def build_optimizer(cfg: TrainConfig, params, total_steps: int):
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              nesterov=cfg.momentum > 0)
+    total = max(1, total_steps)
     if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif cfg.lr_schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total + 1,
+                                                    pct_start=0.25, anneal_strategy="cos")
     elif cfg.lr_schedule == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total_steps // 3), gamma=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.1)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     return opt, sched
 
 
 # ------------------------------------------------------------------ engines
-def make_trainer(model, opt, sched, scaler, device, grad_accum: int, amp: bool) -> Engine:
-    """One optimizer step every ``grad_accum`` batches; the stream is told which
-    batches went into a step only after that step, for exact checkpoints."""
+@dataclass
+class Tally:
+    """What one epoch's trainer counts (read by checkpoints and the epoch's stats)."""
 
-    def step(engine: Engine, batch):
+    global_step: int
+    samples: int = 0
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    pending: list = field(default_factory=list)
+
+
+def make_trainer(model, opt, sched, scaler, device, source, *, grad_accum: int = 1, amp: bool = False,
+                 transforms: Transforms | None = None, label_smoothing: float = 0.0, global_step: int = 0,
+                 seed: int = 0, epoch: int = 0, rank: int = 0) -> Engine:
+    """One optimizer step every ``grad_accum`` batches; ``source.mark_used`` is told
+    which batches went into a step only after that step, for exact checkpoints. The
+    engine's ``tally`` holds its counts."""
+    tally = Tally(global_step, loss_sum=torch.zeros((), device=device))
+
+    def step(engine: Engine, batch: StreamBatch):
         st = engine.state
         model.train()
         x, y = to_device(batch, device)
+        if transforms:
+            x, y = transforms(x, y, True, batch_generator(device, seed, epoch, rank, batch.step))
         last = st.iteration % grad_accum == 0 or st.iteration == st.epoch_length
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync, torch.autocast(device.type, enabled=amp):
             out = model(x)
             # an all-bad batch still joins the gradient all-reduce, with zero loss
-            loss = F.cross_entropy(out, y) if len(y) else out.sum() * 0.0
+            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing) if len(y) else out.sum() * 0.0
             scaler.scale(loss / grad_accum).backward()
-        st.pending.append(batch)
+        tally.pending.append(batch)
         if last:
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
             sched.step()
-            for b in st.pending:
-                st.stream.mark_used(b)
-            st.pending.clear()
-            st.global_step += 1
-        st.loss_sum += loss.detach() * len(y)
-        st.samples += len(y)
+            for b in tally.pending:
+                source.mark_used(b)
+            tally.pending.clear()
+            tally.global_step += 1
+        tally.loss_sum += loss.detach() * len(y)
+        tally.samples += len(y)
         return loss
 
     trainer = Engine(step)
-
-    @trainer.on(Events.STARTED)
-    def _init(engine):
-        engine.state.pending, engine.state.samples = [], 0
-        engine.state.loss_sum = torch.zeros((), device=device)
-
+    trainer.tally = tally
     return trainer
 
 
-def make_evaluator(model, device) -> Engine:
+def make_evaluator(model, device, transforms: Transforms | None = None) -> Engine:
     def step(engine, batch):
         model.eval()
         with torch.no_grad():
             x, y = to_device(batch, device)
+            if transforms:
+                x, y = transforms(x, y, False, batch_generator(device, 0, 0, 0, batch.step))
             return model(x), y
 
     ev = Engine(step)
@@ -142,26 +180,21 @@ def make_evaluator(model, device) -> Engine:
 
 # ------------------------------------------------------------------ the rank's main
 def train_fn(spec: RunSpec) -> dict:
-    """Entry point of each rank. It leaves ``rank<N>.pid`` in the run directory
-    while it runs, and on a Python error ``failure.rank<N>.txt`` with the reason:
-    TorchDistributor's own error only says "see the logs", and a rank killed
-    outright is known by the pid file it never removed."""
+    """Entry point of each rank; it leaves the files of :mod:`rankfiles` in the run directory."""
     rank = int(os.environ.get("RANK", 0))
-    run_dir = Path(spec.run_dir)
-    with contextlib.suppress(OSError):
-        (run_dir / f"rank{rank}.pid").write_text(f"{os.getpid()} {socket.gethostname()}")
+    rankfiles.started(spec.run_dir, rank)
     # torchrun stops the other ranks with SIGTERM when one dies: say so, rather than vanish silently
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, _terminated)
     try:
         result = _train(spec)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            (run_dir / f"failure.rank{rank}.txt").write_text(f"rank {rank}: {type(exc).__name__}: {exc}")
+        rankfiles.note_stalled_peers(spec.run_dir, rank, spec.collective_timeout_s)
+        rankfiles.failed(spec.run_dir, rank, f"rank {rank}: {type(exc).__name__}: {exc}")
         raise
     finally:
         dist.teardown()
-    (run_dir / f"rank{rank}.pid").unlink(missing_ok=True)
+    rankfiles.finished(spec.run_dir, rank)
     return result
 
 
@@ -183,14 +216,18 @@ def _terminated(signum, frame):
 
 
 def _train(spec: RunSpec) -> dict:
-    use_cuda = spec.use_gpu and torch.cuda.is_available()
-    rank, world, device = dist.init_distributed(use_cuda, spec.collective_timeout_s)
+    rank = int(os.environ.get("RANK", 0))
+    if spec.use_gpu and not torch.cuda.is_available():
+        raise UserError(f"--gpu, but rank {rank} on {socket.gethostname()} sees no CUDA device "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); it would train on the "
+                        "CPU: check the GPU scheduling (spark_conf/gpu.conf, the discovery script) or leave --gpu out")
+    rank, world, device = dist.init_distributed(spec.use_gpu, spec.collective_timeout_s)
     # forced: a Spark python worker may already have configured logging (lines would repeat)
     logs.configure(spec.log_level, f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
                    secrets=spec.kafka.secrets)
     log.info("rank %d/%d on %s: %d torch threads, cpus %s, OMP_NUM_THREADS=%s", rank, world, device,
              torch.get_num_threads(), sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))
-    rt = RankTrainer(spec, rank, world, device, use_cuda)
+    rt = RankTrainer(spec, rank, world, device)
     rt.placement = dist.gather(placement(rank))
     if spec.resume_from:
         rt.restore(spec.resume_from)
@@ -199,19 +236,46 @@ def _train(spec: RunSpec) -> dict:
     return rt.result()
 
 
-class RankTrainer:
-    """One rank's model, optimizer and :class:`RunProgress`, with checkpoints of all of it."""
+class MemoryBatches:
+    """A batch source from in-memory tensors: the same batches (and the same
+    trainer) as the Kafka stream, without Kafka: the ceiling of the experiment mode."""
 
-    def __init__(self, spec: RunSpec, rank: int, world: int, device: torch.device, use_cuda: bool):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch: int):
+        self.x, self.y, self.batch = images, labels, batch
+        self.consumed, self.used_bad, self.used_missing, self.wait_seconds = [], [], [], 0.0
+
+    def __len__(self) -> int:
+        return (len(self.y) + self.batch - 1) // self.batch
+
+    def __iter__(self):
+        for k, i in enumerate(range(0, len(self.y), self.batch)):
+            yield StreamBatch(self.x[i:i + self.batch], self.y[i:i + self.batch], step=k)
+
+    def resume(self, epoch: int, used: list) -> None:
+        pass
+
+    def mark_used(self, batch) -> None:  # nothing to track: memory has no offsets
+        pass
+
+
+class RankTrainer:
+    """One rank's model, optimizer and :class:`RunProgress`, with checkpoints of all of it.
+    ``source``: the train batches (default: the train topic as a :class:`KafkaDataset`)."""
+
+    def __init__(self, spec: RunSpec, rank: int, world: int, device: torch.device, source=None):
         cfg = self.cfg = spec.train
         self.spec, self.rank, self.world, self.device = spec, rank, world, device
-        self.pin_memory = use_cuda
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, spec.train_topic.shape, spec.num_classes).to(device)
+        use_cuda = device.type == "cuda"
+        torch.manual_seed(cfg.seed)   # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
+        model = make_model(spec.model, spec.train_topic.shape, spec.num_classes).to(device)
+        self.parameters = parameter_count(model)
+        torch.manual_seed(cfg.seed * 1_000_003 + rank)   # dropout, and transforms without a generator
         if world > 1:
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
         self.model = model
-        steps = len(plan_epoch(spec.train_slices, world, cfg.batch_size)[rank].batches)
+        self.transforms = Transforms(spec.transforms, builtin_augment=cfg.augment)
+        shuffle = Shuffle.of(spec.data)
+        steps = plan_epoch(spec.train_slices, world, cfg.batch_size, cfg.seed, 0, shuffle)[rank].num_batches
         self.opt, self.sched = build_optimizer(cfg, model.parameters(), cfg.epochs * steps // cfg.grad_accum)
         self.amp = cfg.amp and use_cuda
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
@@ -223,6 +287,14 @@ class RankTrainer:
         self.final_eval: dict | None = None
         self.forwarded = set(spec.dead_lettered)  # shared with the streams' dead-letter producers
         self.placement: list[dict] = []
+        self.source = source if source is not None else self._kafka(spec.train_topic, cfg.batch_size, spec.data)
+        self.test = self._kafka(spec.test_topic, cfg.eval_batch_size, dataclasses.replace(spec.data, shuffle="none")) \
+            if spec.test_topic is not None else None
+
+    def _kafka(self, topic: Manifest, batch: int, data: DataConfig) -> KafkaDataset:
+        return KafkaDataset(topic, kafka=self.spec.kafka, data=data, batch_size=batch, rank=self.rank,
+                            world_size=self.world, seed=self.cfg.seed, num_classes=self.spec.num_classes,
+                            pin_memory=self.device.type == "cuda", forwarded=self.forwarded)
 
     def restore(self, path: str) -> None:
         checkpoint.restore(path, self.to_save)
@@ -231,29 +303,26 @@ class RankTrainer:
             log.info("resumed from %s: epoch %d, step %d, %d ranges already used", path, self.run.epoch + 1,
                      self.run.global_step, len(self.run.consumed))
 
-    def stream(self, topic: Manifest, plan) -> KafkaStreamDataset:
-        return KafkaStreamDataset(self.spec.kafka, self.spec.data, topic, plan, num_classes=self.spec.num_classes,
-                                  pin_memory=self.pin_memory, forwarded=self.forwarded)
-
     def evaluate(self) -> dict:
-        plan = plan_epoch(self.spec.test_slices, self.world, self.cfg.eval_batch_size)[self.rank]
-        ds = self.stream(self.spec.test_topic, plan)
-        ev = make_evaluator(self.model, self.device)
-        ev.run(ds, max_epochs=1, epoch_length=len(ds))
-        return {"val_loss": float(ev.state.metrics["loss"]), "val_accuracy": float(ev.state.metrics["accuracy"])}
+        if self.test is None:
+            return {"val_loss": float("nan"), "val_accuracy": float("nan")}
+        self.test.resume(0, [])   # the whole test topic, every time
+        ev = make_evaluator(self.model, self.device, self.transforms)
+        if len(self.test):
+            ev.run(self.test, max_epochs=1, epoch_length=len(self.test))
+            return {"val_loss": float(ev.state.metrics["loss"]), "val_accuracy": float(ev.state.metrics["accuracy"])}
+        return {"val_loss": float("nan"), "val_accuracy": float("nan")}
 
     # ------------------------------------------------------------ epochs
-    def train_epoch(self, epoch: int) -> None:
+    def train_epoch(self, epoch: int, evaluate: bool = True) -> None:
         cfg, spec, start = self.cfg, self.spec, dataclasses.replace(self.run)
-        plan = plan_epoch(subtract(spec.train_slices, [c.slice for c in start.consumed]), self.world,
-                          cfg.batch_size, seed=cfg.seed + epoch)[self.rank]
-        ds = self.stream(spec.train_topic, plan)
-        trainer = make_trainer(self.model, self.opt, self.sched, self.scaler, self.device, cfg.grad_accum, self.amp)
+        ds = self.source
+        ds.resume(epoch, [c.slice for c in start.consumed])
+        trainer = make_trainer(self.model, self.opt, self.sched, self.scaler, self.device, ds,
+                               grad_accum=cfg.grad_accum, amp=self.amp, transforms=self.transforms,
+                               label_smoothing=cfg.label_smoothing, global_step=start.global_step, seed=cfg.seed,
+                               epoch=epoch, rank=self.rank)
         t0 = time.perf_counter()
-
-        @trainer.on(Events.STARTED)
-        def _bind(engine):
-            engine.state.stream, engine.state.global_step = ds, start.global_step
 
         def save_mid_epoch(engine: Engine) -> None:
             self.snapshot(start, engine, ds, t0)
@@ -263,16 +332,15 @@ class RankTrainer:
             attach_every_steps(trainer, spec.checkpoint.every, save_mid_epoch)
         if spec.progress and self.rank == 0:
             attach_progress(trainer, f"epoch {epoch + 1}/{cfg.epochs}")
-        attach_user_handlers(trainer, cfg.handlers, HandlerContext(self.rank, self.world, epoch, spec.run_dir,
-                                                                   spec.checkpoint.dir))
-        if len(ds):
+        attach_heartbeat(trainer, lambda: rankfiles.beat(spec.run_dir, self.rank))
+        attach_user_handlers(trainer, spec.handlers, HandlerContext(self.rank, self.world, epoch, spec.run_dir,
+                                                                    spec.checkpoint.dir))
+        if len(ds):   # empty: a resume right at the end of an epoch, nothing left to train
             trainer.run(ds, max_epochs=1, epoch_length=len(ds))
-        else:  # a resume right at the end of an epoch: nothing left to train
-            trainer.fire_event(Events.STARTED)
         stats = self.snapshot(start, trainer, ds, t0)
-        self.final_eval = self.evaluate()
+        self.final_eval = self.evaluate() if evaluate else {"val_loss": float("nan"), "val_accuracy": float("nan")}
         # what every rank forwarded this epoch: no later epoch forwards it again
-        self.forwarded = set().union(*dist.gather(self.forwarded))
+        self.forwarded |= set().union(*dist.gather(self.forwarded))
         record = epoch_record(epoch, stats, self.world, self.run.consumed, self.final_eval)
         if self.rank == 0:
             log.info("epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f  %.0f samples/s  data wait %.1f%%",
@@ -282,22 +350,22 @@ class RankTrainer:
         self.run.epoch, self.run.consumed, self.run.partial = epoch + 1, [], EpochStats()
         self.checkpointer(trainer)
 
-    def snapshot(self, start: RunProgress, engine: Engine, ds: KafkaStreamDataset, t0: float) -> EpochStats:
+    def snapshot(self, start: RunProgress, engine: Engine, ds, t0: float) -> EpochStats:
         """Bring ``self.run`` up to this point of the epoch, over all ranks
         (a collective: every rank calls it at the same step). Returns the epoch's stats."""
+        tally = engine.tally
         now = EpochStats.from_list(dist.all_sum(
-            [float(engine.state.loss_sum), engine.state.samples, ds.wait_seconds, time.perf_counter() - t0,
-             len(ds.used_bad), ds.used_missing], self.device))
+            [float(tally.loss_sum), tally.samples, ds.wait_seconds, time.perf_counter() - t0,
+             len(ds.used_bad), len(ds.used_missing)], self.device))
         consumed, bad = zip(*dist.gather((ds.consumed, ds.used_bad)))
-        self.run.global_step = engine.state.global_step
+        self.run.global_step = tally.global_step
         self.run.consumed = start.consumed + [c for part in consumed for c in part]
         self.run.bad_records = start.bad_records + [b for part in bad for b in part]
         self.run.partial = start.partial + now
         return self.run.partial
 
     def result(self) -> dict:
-        """The run's result, the same on every rank: TorchDistributor's local mode
-        keeps whichever rank's return value it reads last."""
+        """The run's result, the same on every rank."""
         if self.final_eval is None:  # resumed from a finished run: just evaluate
             self.final_eval = self.evaluate()
         model_path = Path(self.spec.run_dir) / "model.pt"
@@ -308,5 +376,5 @@ class RankTrainer:
                                                       "test_loss": self.final_eval["val_loss"],
                                                       "checkpoint": str(last) if last else None,
                                                       "model": str(model_path)},
+                "model": {"spec": self.spec.model_spec, "parameters": self.parameters},
                 "bad_records": self.run.bad.to_dict(), "world_size": self.world, "ranks": self.placement}
-

@@ -1,9 +1,13 @@
-"""Models by name, sized from the manifest's sample shape and class count."""
+"""Models by name (built in) or by ``MODULE:FUNCTION`` / ``PATH.py:FUNCTION`` (the
+user's own), sized from the manifest's sample shape and class count."""
 from __future__ import annotations
 
 import math
 
 from torch import nn
+
+from ddp_kbit.errors import ConfigError, first_line
+from ddp_kbit.train.usercode import CodeRef, load
 
 
 def channels_and_hw(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -36,8 +40,72 @@ def mlp(shape: tuple[int, ...], num_classes: int, hidden: int = 256) -> nn.Modul
 BUILDERS = {"cnn": cnn, "mlp": mlp}  # names as in ddp_kbit.config.MODELS
 
 
-def build_model(name: str, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def example_batch(shape: tuple[int, ...], dtype: str = "uint8", n: int = 2):
+    """A batch of ``n`` zero samples as the training step sees them: float, N x C x H x W."""
+    import torch
+
+    c, h, w = channels_and_hw(tuple(shape))
+    return torch.zeros((n, c, h, w), dtype=torch.float32)
+
+
+def model_builder(spec):
+    """A built-in name's builder, the user's function (``MODULE:FUNCTION`` or
+    ``PATH.py:FUNCTION`` as a parsed :class:`CodeRef`), or a callable (Python API)."""
+    if isinstance(spec, CodeRef):
+        return load(spec, "--model")
+    if callable(spec):
+        return spec
     try:
-        return BUILDERS[name](tuple(shape), num_classes)
+        return BUILDERS[spec]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(BUILDERS)}") from None
+        raise ConfigError(f"unknown model {spec!r}; built-in: {', '.join(BUILDERS)}, or MODULE:FUNCTION, "
+                          "or PATH.py:FUNCTION") from None
+
+
+def make_model(spec: str | CodeRef, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """``FUNCTION(shape, num_classes) -> torch.nn.Module``; anything else is one line naming the spec."""
+    name = spec_name(spec)
+    try:
+        model = model_builder(spec)(tuple(shape), num_classes)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"--model {name}: building it for shape {list(shape)}, {num_classes} classes raised "
+                          f"{type(exc).__name__}: {first_line(exc, 300)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_model(spec: str | CodeRef, shape: tuple[int, ...], num_classes: int) -> int:
+    """Build the model once and run one forward pass on a batch of the topic's shape,
+    before any rank starts: a wrong return type, an import error or a shape mismatch
+    is one line naming the spec. Returns the parameter count."""
+    import torch
+
+    name = spec_name(spec)
+    model = make_model(spec, shape, num_classes)
+    x = example_batch(shape)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as exc:
+        raise ConfigError(f"--model {name}: a forward pass on a batch of shape {list(x.shape)} (N, C, H, W) "
+                          f"failed: {type(exc).__name__}: {first_line(exc, 300)}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"--model {name}: the output for a batch of {len(x)} is {got}, expected "
+                          f"[{len(x)}, {num_classes}] (one logit per class)")
+    return parameter_count(model)
+
+
+def spec_name(spec) -> str:
+    if isinstance(spec, CodeRef):
+        return spec.spec
+    if isinstance(spec, str):
+        return spec
+    return f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', type(spec).__name__)}"
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -13,7 +13,7 @@ from ddp_kbit.data.dead_letters import BadRecords
 from ddp_kbit.data.partitions import ConsumedRange, merge_slices
 from ddp_kbit.errors import CheckpointError
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2   # 2: consumed ranges as one tensor
 
 
 @dataclass
@@ -96,7 +96,7 @@ class RunProgress:
 
     def state_dict(self) -> dict:
         return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "global_step": self.global_step,
-                "consumed": [c.to_dict() for c in self.consumed], "history": self.history,
+                "consumed": pack_consumed(self.consumed), "history": self.history,
                 "bad_records": [list(b) for b in self.bad_records], "partial": self.partial.to_dict(),
                 "belongs_to": self.belongs_to}
 
@@ -108,10 +108,28 @@ class RunProgress:
         if mismatch:
             raise CheckpointError(f"checkpoint is for another run: {mismatch}")
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
-        self.consumed = [ConsumedRange.from_dict(c) for c in state["consumed"]]
+        self.consumed = unpack_consumed(state["consumed"])
         self.history = list(state["history"])
         self.bad_records = [tuple(b) for b in state["bad_records"]]
         self.partial = EpochStats.from_dict(state["partial"])
+
+
+def pack_consumed(consumed: list[ConsumedRange]) -> dict:
+    """Ranges as one int64 tensor (a mid-epoch checkpoint of a shuffled plan holds
+    thousands of short ranges of the open windows): rows of (topic index, partition,
+    start, end, count, rank)."""
+    import torch
+
+    topics = sorted({c.topic for c in consumed})
+    ix = {t: i for i, t in enumerate(topics)}
+    rows = torch.tensor([[ix[c.topic], c.partition, c.start, c.end, c.count, c.rank] for c in consumed],
+                        dtype=torch.int64).reshape(-1, 6)
+    return {"topics": topics, "rows": rows}
+
+
+def unpack_consumed(packed: dict) -> list[ConsumedRange]:
+    topics = packed["topics"]
+    return [ConsumedRange(topics[t], p, a, b, n, r) for t, p, a, b, n, r in packed["rows"].tolist()]
 
 
 def describe_mismatch(saved: dict, current: dict) -> str | None:

@@ -26,7 +26,7 @@ def _at_step(trainer, ctx, act) -> None:
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _fire(engine):
-        if engine.state.global_step == step and not marker.exists():
+        if engine.tally.global_step == step and not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(str(step))
             act(step)

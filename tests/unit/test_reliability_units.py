@@ -147,6 +147,6 @@ def test_confluent_poll_runs_split_where_partition_or_topic_changes():
     c = object.__new__(Consumer)
     c._c = type("C", (), {"consume": lambda self, n, t: recs})()
     runs = c.poll_runs(10, 0.1)
-    assert [(tp, offs) for tp, offs, _ in runs] == [(("a", 0), [5, 6]), (("a", 1), [0]), (("b", 1), [7, 8]),
+    assert [(tp, offs) for tp, offs, _, _ in runs] == [(("a", 0), [5, 6]), (("a", 1), [0]), (("b", 1), [7, 8]),
                                                     (("a", 0), [7])]
     assert runs[2][2] == [b"b1@7", b"b1@8"]

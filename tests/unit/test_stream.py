@@ -1,11 +1,22 @@
 """KafkaStreamDataset fed canned messages through a consumer factory (no broker)."""
+import collections
+
 import numpy as np
 import pytest
 import torch
 
 from ddp_kbit.config import DataConfig, KafkaConfig
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import ConsumedRange, RankPlan, Slice, plan_epoch, ranges_to_slices
+from ddp_kbit.data.partitions import (
+    NO_SHUFFLE,
+    ConsumedRange,
+    RankPlan,
+    Shuffle,
+    Slice,
+    Window,
+    plan_epoch,
+    ranges_to_slices,
+)
 from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch, to_device
 from ddp_kbit.errors import ClientError, StreamError
 from ddp_kbit.wire import get_codec
@@ -21,6 +32,11 @@ class CannedConsumer:
 
     def assign(self, positions):
         self.pos = {(t, p): o for t, p, o in positions}
+        self.seeks = 0
+
+    def seek(self, t, p, o):
+        self.pos[(t, p)] = o
+        self.seeks += 1
 
     def poll_runs(self, max_records, timeout):
         if self.fail is not None:
@@ -29,12 +45,16 @@ class CannedConsumer:
         for tp, o in self.pos.items():
             if tp in self.paused or budget <= 0:
                 continue
-            recs = [(off, v) for off, v in self.logs[tp] if off >= o][: min(self.chunk, budget)]
+            recs = [r for r in self.logs[tp] if r[0] >= o][: min(self.chunk, budget)]
             if recs:
-                runs.append((tp, [off for off, _ in recs], [v for _, v in recs]))
+                runs.append((tp, [r[0] for r in recs], [r[1] for r in recs], recs))
                 self.pos[tp] = recs[-1][0] + 1
                 budget -= len(recs)
         return runs
+
+    def meta(self, record):
+        """(key, headers): entries of a log are (offset, value) or (offset, value, key, headers)."""
+        return (record[2], record[3]) if len(record) > 2 else (None, [])
 
     def pause(self, tps):
         self.paused |= set(tps)
@@ -56,11 +76,16 @@ class CannedConsumer:
 
 
 class CapturingProducer:
-    def __init__(self):
-        self.sent = []
+    def __init__(self, refuse_over: int | None = None):
+        from ddp_kbit.kafka.protocol import DeliveryReport
+
+        self.sent, self.report, self.refuse_over = [], DeliveryReport(), refuse_over
 
     def send(self, topic, value, key=None, partition=None, headers=None):
-        self.sent.append((topic, value, dict(headers)))
+        if self.refuse_over is not None and len(value or b"") > self.refuse_over:
+            raise RuntimeError("KafkaError{code=MSG_SIZE_TOO_LARGE,val=10,str=\"Unable to produce message: "
+                               "Broker: Message size too large\"}")
+        self.sent.append((topic, value, dict(headers), key, headers))
 
     def flush(self, timeout=0):
         return 0
@@ -94,16 +119,41 @@ def dataset(logs, plan, fmt="protobuf", producer=None, consumer=None, num_classe
                               producer_factory=lambda: producer or CapturingProducer())
 
 
-def test_yields_exactly_the_planned_batches_in_order():
+@pytest.mark.parametrize("shuffle", [NO_SHUFFLE, Shuffle("window", chunk=16, window=24)])
+def test_yields_exactly_the_planned_batches_in_order(shuffle):
     logs, images = make_logs([30, 55])
-    plan = plan_epoch(ranges_to_slices("t", {0: (0, 30), 1: (0, 55)}), 1, 8, seed=1)[0]
-    ds = dataset(logs, plan, buffer_records=10)
+    plan = plan_epoch(ranges_to_slices("t", {0: (0, 30), 1: (0, 55)}), 1, 8, seed=1, shuffle=shuffle)[0]
+    consumer = CannedConsumer(logs)
+    ds = dataset(logs, plan, consumer=consumer, buffer_records=10, shuffle_chunk=16, shuffle_window=24)
     batches = list(ds)
-    assert len(batches) == len(ds) == len(plan.batches)
-    for got, want in zip(batches, plan.batches):
-        assert got.used == want
-        expect = np.stack([images[(s.partition, o)] for s in want for o in range(s.start, s.end)])
+    assert len(batches) == len(ds) == plan.num_batches
+    for k, got in enumerate(batches):
+        expect = np.stack([images[(p, o)] for _, p, o in plan.batch_offsets(k)])
         assert torch.equal(got.images, torch.from_numpy(expect)) and got.images.dtype == torch.uint8
+        assert got.step == k and got.planned == len(expect)
+
+
+def test_a_shuffled_plan_seeks_at_most_once_per_piece():
+    logs, _ = make_logs([400, 400, 400])
+    plan = plan_epoch(ranges_to_slices("t", {p: (0, 400) for p in range(3)}), 1, 10, seed=3,
+                      shuffle=Shuffle("window", chunk=50, window=100))[0]
+
+    class Counting(CannedConsumer):
+        delivered = collections.Counter()
+
+        def poll_runs(self, max_records, timeout):
+            runs = super().poll_runs(max_records, timeout)
+            for tp, offs, _, _ in runs:
+                self.delivered.update((tp, o) for o in offs)
+            return runs
+
+    consumer = Counting(logs, chunk=1000)
+    batches = list(dataset(logs, plan, consumer=consumer, shuffle_chunk=50, shuffle_window=100))
+    assert sum(len(b) for b in batches) == 1200
+    # a client that hands out up to 1000 records a poll overshoots a chunk; what it
+    # delivered past one is kept for the next run of that partition when it follows
+    assert len(consumer.delivered) == 1200 and sum(consumer.delivered.values()) <= 2 * 1200
+    assert consumer.seeks <= len(plan.slices)
 
 
 def test_consumed_holds_only_marked_batches():
@@ -116,6 +166,8 @@ def test_consumed_holds_only_marked_batches():
     ds.mark_used(b2)
     it.close()
     assert ds.consumed == [ConsumedRange("t", 0, 0, 20, 20, 0)]
+    with pytest.raises(StreamError, match="batch 0 of the plan marked after 2 batches"):
+        ds.mark_used(b1)
 
 
 def test_bad_records_are_counted_forwarded_and_skipped():
@@ -124,12 +176,39 @@ def test_bad_records_are_counted_forwarded_and_skipped():
     plan = plan_epoch([Slice("t", 0, 0, 300)], 1, 50)[0]
     ds = dataset(logs, plan, producer=producer, max_bad_fraction=0.1)
     batches = list(ds)
-    assert sum(len(b) for b in batches) == 298 and batches[0].good == (49,)
+    assert sum(len(b) for b in batches) == 298 and len(batches[0]) == 49 and batches[0].planned == 50
     assert batches[0].bad_records == (("t", 0, 5, "malformed"),) and batches[1].bad_records == ((("t", 0, 77, "malformed"),))
     assert ds.bad.count == 2 and ds.bad.seen == 300 and sum(ds.bad.by_reason.values()) == 2
-    assert [(t, h["ddp_kbit.source.offset"]) for t, _, h in producer.sent] == [("t.dlq", b"5"), ("t.dlq", b"77")]
+    assert [(t, h["ddp_kbit.source.offset"]) for t, _, h, _, _ in producer.sent] == [("t.dlq", b"5"), ("t.dlq", b"77")]
     assert producer.sent[0][1] == b"\x00garbage" and producer.sent[0][2]["ddp_kbit.source.partition"] == b"0"
 
+
+def test_a_dead_letter_keeps_the_source_key_value_and_headers_and_tombstones_stay_tombstones():
+    logs, _ = make_logs([60])
+    own = [("trace-id", b"abc"), ("ddp_kbit.format", b"protobuf")]
+    logs[("t", 0)][7] = (7, b"\x00garbage", b"user-42", own)
+    logs[("t", 0)][9] = (9, None, b"user-43", [])
+    producer = CapturingProducer()
+    list(dataset(logs, plan_epoch([Slice("t", 0, 0, 60)], 1, 20)[0], producer=producer, max_bad_fraction=0.5))
+    (t1, v1, h1, k1, raw1), (t2, v2, h2, k2, _) = producer.sent
+    assert (t1, v1, k1) == ("t.dlq", b"\x00garbage", b"user-42") and raw1[:2] == own   # source headers first
+    assert h1["ddp_kbit.source.offset"] == b"7" and h1["ddp_kbit.error.reason"] == b"malformed"
+    assert (v2, k2, h2["ddp_kbit.error.reason"]) == (None, b"user-43", b"tombstone")
+
+
+@pytest.mark.parametrize("limit,refuse_over", [(1000, None), (10**6, 1000)])
+def test_a_record_too_large_for_the_dead_letter_topic_goes_without_its_value(limit, refuse_over):
+    """Over --dlq-max-bytes it is never sent with its value; a client that refuses a
+    smaller one gets it again without the value. Either way training goes on."""
+    logs, _ = make_logs([60])
+    logs[("t", 0)][3] = (3, b"\x00" * 5000, b"k3", [("h", b"v")])
+    producer = CapturingProducer(refuse_over)
+    batches = list(dataset(logs, plan_epoch([Slice("t", 0, 0, 60)], 1, 20)[0], producer=producer,
+                           max_bad_fraction=0.5, dlq_max_bytes=limit))
+    assert sum(len(b) for b in batches) == 59
+    [(topic, value, headers, key, _)] = producer.sent
+    assert (topic, value, key, headers["h"]) == ("t.dlq", None, b"k3", b"v")
+    assert headers["ddp_kbit.value.dropped"].startswith(b"5000 bytes ")
 
 def test_labels_outside_the_classes_are_bad_records():
     logs, _ = make_logs([100], label=lambda p, o: 99 if o == 10 else (-5 if o == 20 else o % 3))
@@ -139,7 +218,7 @@ def test_labels_outside_the_classes_are_bad_records():
     batches = list(ds)
     assert sum(len(b) for b in batches) == 98 and dict(ds.bad.by_reason) == {"bad_label": 2}
     assert all(int(b.labels.max()) < 3 and int(b.labels.min()) >= 0 for b in batches)
-    assert [h["ddp_kbit.error.reason"] for _, _, h in producer.sent] == [b"bad_label", b"bad_label"]
+    assert [h["ddp_kbit.error.reason"] for _, _, h, _, _ in producer.sent] == [b"bad_label", b"bad_label"]
 
 
 def test_too_many_bad_records_stop_with_a_clear_error():
@@ -167,7 +246,7 @@ def test_a_client_error_reaches_the_training_thread_at_once():
 
 def test_to_device_scales_and_orders_channels():
     imgs = torch.full((2, 3, 5, 3), 255, dtype=torch.uint8)
-    x, y = to_device(StreamBatch(imgs, torch.tensor([1, 2]), ()), torch.device("cpu"))
+    x, y = to_device(StreamBatch(imgs, torch.tensor([1, 2])), torch.device("cpu"))
     assert x.shape == (2, 3, 3, 5) and x.dtype == torch.float32 and float(x.max()) == 1.0
 
 
@@ -180,14 +259,27 @@ def test_several_slices_of_one_partition_are_all_read():
         plan = plan_epoch(rest, 1, 8, seed=seed)[0]
         ds = dataset(logs, plan, stall_timeout_s=5)
         batches = list(ds)
-        got = sorted(o for b in batches for s in b.used for o in range(s.start, s.end))
-        assert got == sorted(o for s in rest for o in range(s.start, s.end))
+        got = sorted((p, o) for k in range(plan.num_batches) for _, p, o in plan.batch_offsets(k))
+        assert got == sorted((s.partition, o) for s in rest for o in range(s.start, s.end))
         assert sum(len(b) for b in batches) == sum(len(s) for s in rest) and not any(b.missing for b in batches)
+        ds.steps = plan.num_batches
+        assert sum(c.count for c in ds.consumed) == sum(len(s) for s in rest)
 
 
-def test_a_plan_that_goes_back_in_a_partition_is_an_error_not_a_gap():
-    logs, _ = make_logs([40])
+def test_a_plan_that_goes_back_in_a_partition_is_read_with_a_seek():
+    logs, images = make_logs([40])
     late, early = Slice("t", 0, 20, 30), Slice("t", 0, 0, 10)
-    plan = RankPlan(0, (early, late), ((late,), (early,)))
-    with pytest.raises(StreamError, match=r"goes back in t\[0\]: offsets \[0, 10\) after offset 29"):
-        list(dataset(logs, plan))
+    plan = RankPlan(0, (Window((late,), (10,)), Window((early,), (10,))))
+    first, second = list(dataset(logs, plan))
+    assert torch.equal(second.images, torch.from_numpy(np.stack([images[(0, o)] for o in range(10)])))
+
+
+def test_offsets_the_log_lacks_are_missing_not_bad_and_not_counted():
+    logs, _ = make_logs([50])
+    logs[("t", 0)] = [r for r in logs[("t", 0)] if r[0] not in (3, 4, 30)]   # compacted away
+    plan = plan_epoch([Slice("t", 0, 0, 50)], 1, 10, shuffle=Shuffle("window", chunk=16, window=20))[0]
+    ds = dataset(logs, plan, stall_timeout_s=0.3)
+    for b in ds:
+        ds.mark_used(b)
+    assert sorted(o for _, _, o in ds.used_missing) == [3, 4, 30]
+    assert sum(c.count for c in ds.consumed) == 47 and sum(c.end - c.start for c in ds.consumed) == 50

@@ -1,0 +1,135 @@
+"""The Python API: what ``ddp-kbit`` does, callable from Python (the CLI is a thin
+caller of these). Re-exported by :mod:`ddp_kbit`:
+
+    from ddp_kbit import KafkaDataset, fit, publish
+
+``fit`` and ``publish`` take the same settings as the command line, as keyword
+arguments named like the config fields (``epochs=2``, ``train_topic="t"``,
+``bootstrap_servers="kafka:9092"``, ``checkpoint_dir=...``), whole sections as dicts
+(``train={"lr": 3e-4}``), or a :class:`~ddp_kbit.config.JobConfig`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ddp_kbit.config import (
+    JobConfig,
+    KafkaConfig,
+    PublishConfig,
+    build,
+    build_group,
+    sections_of,
+)
+from ddp_kbit.data.dataset import KafkaDataset
+from ddp_kbit.errors import ConfigError
+from ddp_kbit.files import make_run_dir, write_json
+from ddp_kbit.kafka.broker import reachable
+
+# keyword arguments named like the command line's flags rather than the fields
+ALIASES = {"checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every": ("checkpoint", "every"),
+           "max_restarts": ("checkpoint", "max_restarts"), "resume": ("checkpoint", "resume"),
+           "spark_conf": ("spark", "conf"), "spark_conf_dir": ("spark", "conf_dir"),
+           "handler": ("train", "handlers"), "transform": ("train", "transforms")}
+# where a field name found in several sections goes (the study's own keys need experiment={...})
+SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark")
+
+
+def job_from(config: JobConfig | None = None, **fields: Any) -> JobConfig:
+    """A JobConfig from ``config`` (default: the defaults) with ``fields`` on top,
+    validated like the command line's flags (one ConfigError naming the field)."""
+    base = {name: dataclasses.asdict(getattr(config or JobConfig(), name)) for name in sections_of(JobConfig)}
+    over: dict[str, dict] = {}
+    parts = sections_of(JobConfig)
+    for key, value in fields.items():
+        if key in parts:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}= takes a dict of [{key}] settings; got {type(value).__name__}")
+            over.setdefault(key, {}).update(value)
+            continue
+        section, name = ALIASES.get(key, (None, key))
+        if section is None:
+            section = next((s for s in SEARCH if name in {f.name for f in dataclasses.fields(parts[s])}), None)
+        if section is None:
+            known = sorted({f.name for s in SEARCH for f in dataclasses.fields(parts[s])} | set(ALIASES))
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(known)}")
+        over.setdefault(section, {})[name] = value
+    return build_group(JobConfig, base, over)
+
+
+def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields: Any) -> dict:
+    """The whole ``--mode train`` path: topics (the embedded broker and the default
+    dataset when no ``bootstrap_servers``), TorchDistributor ranks, checkpoints,
+    evaluation; returns the report (also written to ``<run dir>/report.json``, with
+    ``report.png``).
+
+    ``model``: a built-in name, ``"MODULE:FUNCTION"``, ``"PATH.py:FUNCTION"``, or a
+    function ``(shape, num_classes) -> torch.nn.Module`` (it must pickle: defined in
+    a module, or in ``__main__``, which cloudpickle sends by value). ``transforms``:
+    specs or functions ``(images, labels, train) -> (images, labels)``, after those
+    of the config. A Spark session that is already active is used and left running;
+    one this call starts is stopped at the end."""
+    from ddp_kbit.launch import driver, spark
+
+    if isinstance(model, str):
+        fields = {**fields, "model": model}
+        model = None
+    job = job_from(config, **fields)
+    run_dir = make_run_dir(job.general.run_dir)
+    with reachable(job.kafka, run_dir) as kcfg, spark.session_scope():
+        report = driver.run_training(job, kcfg, run_dir, model=model, transforms=tuple(transforms))
+    return write_report(job, run_dir, report)
+
+
+def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
+    """The other modes of ``ddp-kbit`` (``publish``: the default topics; ``experiment``: a study)."""
+    from ddp_kbit.launch import driver, spark
+
+    run_dir = make_run_dir(job.general.run_dir)
+    with reachable(job.kafka, run_dir) as kcfg, spark.session_scope():
+        if mode == "publish":
+            report = driver.run_publish(job, kcfg)
+        elif mode == "experiment":
+            from ddp_kbit.experiment.runner import run_study
+
+            report = run_study(job, kcfg, run_dir, embedded=not job.kafka.bootstrap_servers, command=command)
+        else:
+            raise ConfigError(f"unknown mode {mode!r}")
+    return write_report(job, run_dir, report)
+
+
+def publish(dataset: str = "fashion-mnist", *, bootstrap_servers: str | None = None, kafka: KafkaConfig | None = None,
+            progress: bool = False, **fields: Any) -> dict:
+    """Publish a dataset split to a topic in a v1 wire format, then its manifest
+    (``producers.publish`` from Python). ``fields``: :class:`PublishConfig`'s
+    (``split``, ``format``, ``layout``, ``topic``, ``partitions``, ``compression``,
+    ``limit``, ``force``, ``data_dir``). Returns the publish summary."""
+    from ddp_kbit.data.datasets import load_dataset
+    from ddp_kbit.data.publish import publish as publish_dataset
+
+    kcfg = kafka or KafkaConfig()
+    if bootstrap_servers:
+        kcfg = kcfg.with_servers(bootstrap_servers)
+    if not kcfg.bootstrap_servers:
+        raise ConfigError("publish needs bootstrap_servers: an embedded broker would be gone when the call returns")
+    pcfg = build(PublishConfig, {}, {"dataset": dataset, **fields}, where="publish")
+    ds = load_dataset(pcfg.dataset, pcfg.split, pcfg.data_dir, pcfg.limit)
+    return publish_dataset(kcfg, pcfg, ds, progress).summary()
+
+
+def write_report(job: JobConfig, run_dir: Path, report: dict) -> dict:
+    """The report as ``report.json`` (``--report``), and ``report.png`` of a training run."""
+    from ddp_kbit.config import as_dict
+
+    report.setdefault("config", {"kafka": as_dict(job.kafka), "data": as_dict(job.data)})
+    path = write_json(job.general.report or run_dir / "report.json", report)
+    report["report_path"] = str(path)
+    if report["mode"] == "train" and report.get("epochs"):
+        from ddp_kbit.plots import plot_training
+
+        plot_training(report, path.with_suffix(".png"))
+    return report
+
+
+__all__ = ["KafkaDataset", "fit", "job_from", "publish"]
