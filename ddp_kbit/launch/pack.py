@@ -17,20 +17,18 @@ PACKAGES = ("ddp_kbit", "producers")
 SUFFIXES = (".py", ".avsc", ".proto", ".json", ".toml", ".conf", ".sh")
 
 
-def _roots() -> list[Path]:
-    import ddp_kbit
+HERE = Path(__file__).resolve().parents[2]   # the folder that holds the ddp_kbit package
 
-    here = Path(ddp_kbit.__file__).resolve().parent.parent
+
+def _roots() -> list[Path]:
+    here = HERE
     return [here / p for p in PACKAGES if (here / p).is_dir()]
 
 
 def package_bytes() -> bytes:
     """The zip's bytes: the running package's own zip when it was imported from
     one (spark-submit --py-files), else built from the source tree."""
-    import ddp_kbit
-
-    origin = Path(ddp_kbit.__file__)
-    for parent in origin.parents:
+    for parent in Path(__file__).parents:
         if parent.suffix == ".zip" and parent.is_file():
             return parent.read_bytes()
     buf = io.BytesIO()
