@@ -1,5 +1,6 @@
-"""Helpers the integration tests share: write a topic with a plain producer, run
-the training CLI as a user would, and check that epochs are exact."""
+"""Helpers the integration tests share: write a topic with a plain producer, train
+through the Python API in this process (the shared Spark session) or through the
+CLI as a user would, and check that epochs are exact."""
 import json
 import os
 import subprocess
@@ -37,6 +38,22 @@ def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt
     return m
 
 
+def fit(kcfg, run_dir, *, crash_at=None, kill_at=None, stop_at=None, fault_rank=None, **fields):
+    """``ddp_kbit.fit`` in this process, on the shared Spark session (request the
+    ``spark`` fixture), with the CLI helper's small defaults; the report.
+    ``crash_at``/``kill_at``/``stop_at``: raise on rank 0 / SIGKILL / SIGSTOP
+    ``fault_rank`` (default 1) at that global step."""
+    import ddp_kbit
+
+    fields = {"bootstrap_servers": kcfg.bootstrap_servers, "batch_size": 64, "eval_batch_size": 200,
+              "progress": False, "run_dir": str(run_dir), "log_level": "WARNING", **fields}
+    for step, action, rank in ((crash_at, "raise", 0), (kill_at, "kill", 1), (stop_at, "stop", 1)):
+        if step is not None:
+            handler = chaos.arm(run_dir, step, action, rank if fault_rank is None else fault_rank)
+            fields["handlers"] = [*fields.get("handlers", ()), handler]
+    return ddp_kbit.fit(**fields)
+
+
 def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None, kill_at=None, kill_rank=1, env=None):
     """The CLI as a user runs it (no --format: the manifests say what the topics hold).
     ``crash_at``: rank 0 raises at that global step; ``kill_at``: ``kill_rank`` is SIGKILLed."""
@@ -44,9 +61,9 @@ def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None, kill_a
            "--batch-size", "64", "--eval-batch-size", "200", "--no-progress",
            "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
     if crash_at is not None:
-        cmd, env = cmd + ["--handler", "chaos:crash_at_step"], chaos.env(crash_at)
+        cmd += ["--handler", chaos.arm(tmp_path, crash_at, "raise", 0)]
     if kill_at is not None:
-        cmd, env = cmd + ["--handler", "chaos:kill_at_step"], chaos.env(kill_at, kill_rank)
+        cmd += ["--handler", chaos.arm(tmp_path, kill_at, "kill", kill_rank)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == expect_rc, r.stdout[-3000:] + r.stderr[-5000:]
     if expect_rc:
