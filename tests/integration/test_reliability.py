@@ -3,7 +3,6 @@ producer's bad records of every kind never stop training and are counted and
 dead-lettered exactly once, across epochs, a killed rank and a restart; killed
 ranks are named; missing records, foreign checkpoints, secrets and bad inputs
 end in one clear line."""
-import json
 import random
 import signal
 import subprocess
@@ -17,9 +16,10 @@ from confluent_kafka import Producer
 from ddp_kbit import kafka
 from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.errors import UserError
 from ddp_kbit.wire import Sample, get_codec
 
-from runs import assert_exact_epochs, train, write_topic
+from runs import assert_exact_epochs, fit, train, write_topic
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,8 @@ def dirty(kcfg):
     p, codec = Producer({"bootstrap.servers": kcfg.bootstrap_servers}), get_codec("json")
     for i in range(N):
         value = bad_value(bad_at[i], i, rng) if i in bad_at else codec.encode_array(i, int(ds.labels[i]), ds.images[i])
-        p.produce(topic, value=value, key=str(i).encode(), partition=i % PARTS)
+        p.produce(topic, value=value, key=f"user-{i}".encode(), partition=i % PARTS,
+                  headers=[("trace-id", f"t{i}".encode()), ("source", b"plain-producer")])
     assert p.flush(30) == 0
     parts = {q: (0, N // PARTS) for q in range(PARTS)}
     manifest.write(kcfg, manifest.Manifest(topic=topic, dataset="fashion-mnist", split="train", format="json",
@@ -92,12 +93,23 @@ def assert_bad_accounting(kcfg, report, m, injected):
     assert dead_letters(kcfg, m.topic) == sorted(injected)   # each bad record exactly once
 
 
-def test_bad_records_of_every_kind_never_stop_two_epochs(kcfg, dirty, test_topic, tmp_path):
+def test_bad_records_of_every_kind_never_stop_two_epochs_and_keep_key_value_headers(kcfg, spark, dirty, test_topic,
+                                                                                   tmp_path):
     m, injected = dirty
-    report = train(kcfg, tmp_path, "--train-topic", m.topic, "--test-topic", test_topic.topic, "--epochs", "2",
-                   "--num-processes", "2", "--max-bad-fraction", "0.05")
+    report = fit(kcfg, tmp_path, train_topic=m.topic, test_topic=test_topic.topic, epochs=2, num_processes=2,
+                 max_bad_fraction=0.05)
     assert report["restarts"] == 0 and len(report["epochs"]) == 2
     assert_bad_accounting(kcfg, report, m, injected)
+    # Kafka Connect's convention: the source record's own key, value and headers, plus ours
+    source = {(r.partition, r.offset): r for r in kafka.read_topic(kcfg, m.topic, headers=True)}
+    dlq = kafka.read_topic(kcfg, m.topic + ".dlq", headers=True)
+    assert len({r.key for r in dlq}) == len(dlq) == 24
+    for r in dlq:
+        h = dict(r.headers)
+        src = source[(int(h["ddp_kbit.source.partition"]), int(h["ddp_kbit.source.offset"]))]
+        assert r.key == src.key and r.value == src.value and r.headers[:2] == src.headers
+        assert (r.value is None) == (injected[(src.partition, src.offset)] == "tombstone")   # tombstones stay
+        assert h["ddp_kbit.error.reason"] and "ddp_kbit.value.dropped" not in h
 
 
 def test_killed_rank_and_restart_keep_the_accounting_exact(kcfg, dirty, test_topic, tmp_path):
@@ -113,25 +125,59 @@ def test_killed_rank_and_restart_keep_the_accounting_exact(kcfg, dirty, test_top
     manifest.write(kcfg, manifest.Manifest(**{**m.__dict__, "topic": clean, "source": "manifest"}))
     m2 = manifest.resolve(kcfg, clean)
     # 19 steps an epoch: rank 1 is killed in epoch 2, after the step-25 checkpoint
-    report = train(kcfg, tmp_path, "--train-topic", clean, "--test-topic", test_topic.topic, "--epochs", "2",
-                   "--num-processes", "2", "--max-bad-fraction", "0.05", "--checkpoint-every", "5",
-                   "--max-restarts", "1", kill_at=27, kill_rank=1)
+    report = fit(kcfg, tmp_path, train_topic=clean, test_topic=test_topic.topic, epochs=2, num_processes=2,
+                 max_bad_fraction=0.05, checkpoint_every=5, max_restarts=1, kill_at=27)
     assert report["restarts"] == 1
     assert_bad_accounting(kcfg, report, m2, injected)
 
 
-@pytest.mark.parametrize("mode", ["local", "barrier-1", "barrier-2", "barrier-3"])
-def test_a_killed_rank_is_named_and_nobody_waits(kcfg, dirty, test_topic, tmp_path, mode):
+@pytest.mark.parametrize("mode", ["local", "barrier-1", "barrier-2"])
+def test_a_killed_rank_is_named_and_nobody_waits(kcfg, spark, dirty, test_topic, tmp_path, mode):
     m, _ = dirty
-    extra = ["--distributed"] if mode.startswith("barrier") else []
-    start = time.monotonic()
-    r = train(kcfg, tmp_path, "--train-topic", m.topic, "--test-topic", test_topic.topic, "--epochs", "1",
-              "--num-processes", "2", "--max-bad-fraction", "0.05", "--collective-timeout", "30", *extra,
-              kill_at=3, kill_rank=1, expect_rc=1, timeout=300)
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("ddp-kbit: error: training failed after 0 restart(s): rank 1 "), last
-    assert "SIGKILL" in last or "died without a Python error" in last
-    assert time.monotonic() - start < 150   # Spark start + a few steps + at most the collective timeout
+    with pytest.raises(UserError) as err:   # the collective timeout bounds every wait (no wall-clock assert here)
+        fit(kcfg, tmp_path, train_topic=m.topic, test_topic=test_topic.topic, epochs=1, num_processes=2,
+            max_bad_fraction=0.05, collective_timeout_s=30, distributed=mode.startswith("barrier"), kill_at=3)
+    line = str(err.value)
+    assert line.startswith("training failed after 0 restart(s): rank 1 "), line
+    assert "SIGKILL" in line or "died without a Python error" in line
+
+
+def test_a_stopped_rank_is_named_as_not_responding(kcfg, spark, dirty, test_topic, tmp_path):
+    """SIGSTOP: the process is alive, it just never answers; its peer's collective
+    times out, and the line says which rank stopped responding, not that it died."""
+    m, _ = dirty
+    with pytest.raises(UserError) as err:
+        fit(kcfg, tmp_path, train_topic=m.topic, test_topic=test_topic.topic, epochs=1, num_processes=2,
+            max_bad_fraction=0.05, collective_timeout_s=12, stop_at=3)
+    line = str(err.value)
+    assert line.startswith("training failed after 0 restart(s): rank 1 stopped responding: pid "), line
+    assert "alive (stopped)" in line and "collective timeout is 12 s" in line
+
+
+def test_a_bad_record_too_large_for_the_dlq_does_not_stop_training(kcfg, spark, test_topic, tmp_path):
+    """One 8 MB record (a valid Sample, but 2048x4096) among normal ones: counted as
+    bad (shape), dead-lettered without its value (a header says why), training goes on."""
+    topic, ds, codec = f"huge.{time.time_ns()}", load_dataset("fashion-mnist", "train", limit=600), get_codec("json")
+    with kafka.make_admin(kcfg) as admin:
+        admin.create_topic(topic, 2)
+    big = get_codec("protobuf").encode(Sample(9999, 1, (2048, 4096), "uint8", data=bytes(2048 * 4096)))
+    codec = get_codec("protobuf")
+    p = Producer({"bootstrap.servers": kcfg.bootstrap_servers, "message.max.bytes": 20_000_000})
+    for i in range(600):
+        value = big if i == 301 else codec.encode_array(i, int(ds.labels[i]), ds.images[i])
+        p.produce(topic, value=value, key=f"k{i}".encode(), partition=i % 2)
+    assert p.flush(30) == 0
+    manifest.write(kcfg, manifest.Manifest(topic=topic, dataset=None, split="train", format="protobuf",
+                                           layout="bytes", num_samples=600, shape=(28, 28), dtype="uint8",
+                                           num_classes=10, class_names=None, partitions={0: (0, 300), 1: (0, 300)}))
+    m = manifest.resolve(kcfg, topic)
+    report = fit(kcfg, tmp_path, train_topic=topic, test_topic=test_topic.topic, epochs=1, num_processes=2)
+    assert report["bad_records"]["by_reason"] == {"shape_mismatch": 1} and report["bad_records"]["dlq_value_dropped"] == 1
+    assert_exact_epochs(report, m, bad=1)
+    [dead] = kafka.read_topic(kcfg, topic + ".dlq", headers=True)
+    h = dict(dead.headers)
+    assert dead.key == b"k301" and dead.value is None and h["ddp_kbit.error.reason"] == b"shape_mismatch"
+    assert h["ddp_kbit.value.dropped"].startswith(f"{len(big)} bytes exceed the dead-letter limit".encode())
 
 
 def test_records_missing_from_the_broker_stop_with_one_line_or_are_skipped(kcfg, test_topic, tmp_path):
@@ -151,30 +197,32 @@ def test_records_missing_from_the_broker_stop_with_one_line_or_are_skipped(kcfg,
     assert r.stderr.strip().splitlines()[-1] == (
         f"ddp-kbit: error: records the manifest of {topic} covers are not on the broker: {topic}[0] offsets "
         "[300, 400) (deleted by retention?); pass --allow-missing-records to train on the rest")
-    report = train(kcfg, tmp_path / "b", *args, "--allow-missing-records")
+    report = fit(kcfg, tmp_path / "b", train_topic=topic, test_topic=test_topic.topic, epochs=1, num_processes=1,
+                 allow_missing_records=True)
     assert report["missing_records"] == [{"topic": topic, "partition": 0, "start": 300, "end": 400}]
     assert report["epochs"][0]["samples"] == 300
 
 
-def test_foreign_corrupt_and_tampered_checkpoints_are_refused(kcfg, dirty, test_topic, tmp_path):
+def test_foreign_corrupt_and_tampered_checkpoints_are_refused(kcfg, spark, dirty, test_topic, tmp_path):
     a = write_topic(kcfg, f"ckpt.a.{time.time_ns()}", [300, 300])
     b = write_topic(kcfg, f"ckpt.b.{time.time_ns()}", [200, 200])
     ckpt = tmp_path / "ckpt"
-    common = ["--test-topic", test_topic.topic, "--epochs", "1", "--num-processes", "1", "--checkpoint-dir", str(ckpt)]
-    train(kcfg, tmp_path / "a", "--train-topic", a.topic, *common)
+    common = {"test_topic": test_topic.topic, "epochs": 1, "num_processes": 1, "checkpoint_dir": str(ckpt)}
+    fit(kcfg, tmp_path / "a", train_topic=a.topic, **common)
     saved = sorted(ckpt.glob("ckpt-*.pt"))[-1]
-    r = train(kcfg, tmp_path / "b", "--train-topic", b.topic, *common, "--resume", expect_rc=1, timeout=120)
-    last = r.stderr.strip().splitlines()[-1]
-    assert f"checkpoint {saved}: checkpoint is for another run: " in last
-    assert f"train_topic '{a.topic}' in the checkpoint, '{b.topic}' now" in last
+    with pytest.raises(UserError) as err:
+        fit(kcfg, tmp_path / "b", train_topic=b.topic, resume=True, **common)
+    assert f"checkpoint {saved}: checkpoint is for another run: " in str(err.value)
+    assert f"train_topic '{a.topic}' in the checkpoint, '{b.topic}' now" in str(err.value)
     for content in (b"", b"not a checkpoint at all", saved.read_bytes()[:1000]):
         saved.write_bytes(content)
-        r = train(kcfg, tmp_path / "c", "--train-topic", a.topic, *common, "--resume", expect_rc=1, timeout=120)
-        last = r.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"ddp-kbit: error: training failed after 0 restart(s): rank 0: CheckpointError: "
-                               f"checkpoint {saved} is unreadable") and "weights_only" not in last
+        with pytest.raises(UserError) as err:
+            fit(kcfg, tmp_path / "c", train_topic=a.topic, resume=True, **common)
+        assert str(err.value).startswith(f"training failed after 0 restart(s): rank 0: CheckpointError: "
+                                         f"checkpoint {saved} is unreadable") and "weights_only" not in str(err.value)
     torch.save({"run": {"version": 1}, "model": {"x": torch.nn.Linear(1, 1)}}, saved)   # tampered: not plain data
-    r = train(kcfg, tmp_path / "d", "--train-topic", a.topic, *common, "--resume", expect_rc=1, timeout=120)
+    r = train(kcfg, tmp_path / "d", "--train-topic", a.topic, "--test-topic", test_topic.topic, "--epochs", "1",
+              "--num-processes", "1", "--checkpoint-dir", str(ckpt), "--resume", expect_rc=1, timeout=120)
     last = r.stderr.strip().splitlines()[-1]
     assert f"checkpoint {saved} is unreadable: it holds objects other than tensors" in last
 
@@ -248,6 +296,23 @@ def test_a_manifest_is_the_source_of_truth_for_format(kcfg, dirty, test_topic, t
         "leave --format out or name another topic")
 
 
+def wait_until_training(run_dir, timeout: float = 180) -> bool:
+    """A rank has taken steps: its heartbeat (the pid file's mtime) moved after it
+    appeared (no guess at how long start-up takes)."""
+    first: dict = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for f in run_dir.glob("rank*.pid"):
+            try:
+                mtime = f.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if mtime > first.setdefault(f.name, mtime):
+                return True
+        time.sleep(0.2)
+    return False
+
+
 def test_ctrl_c_in_barrier_mode_is_one_line_and_exit_130(kcfg, dirty, test_topic, tmp_path):
     m, _ = dirty
     cmd = [sys.executable, "-m", "ddp_kbit.main", "--bootstrap-servers", kcfg.bootstrap_servers, "--train-topic",
@@ -256,10 +321,7 @@ def test_ctrl_c_in_barrier_mode_is_one_line_and_exit_130(kcfg, dirty, test_topic
     # a shell's background job ignores SIGINT, and children inherit that: start with the default
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("rank*.pid")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)   # the ranks are training
+    assert wait_until_training(tmp_path), "the ranks never started training"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
@@ -268,16 +330,13 @@ def test_ctrl_c_in_barrier_mode_is_one_line_and_exit_130(kcfg, dirty, test_topic
         assert trace not in err, err[-3000:]
 
 
-def test_records_appended_after_the_manifest_are_reported_once(kcfg, test_topic, tmp_path):
+def test_records_appended_after_the_manifest_are_reported_once(kcfg, spark, test_topic, tmp_path, caplog):
     m = write_topic(kcfg, f"grown.{time.time_ns()}", [150, 150])
     p = Producer({"bootstrap.servers": kcfg.bootstrap_servers})
     for i in range(25):
         p.produce(m.topic, value=b"appended later", partition=i % 2)
     assert p.flush(30) == 0
-    r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--bootstrap-servers", kcfg.bootstrap_servers,
-                        "--train-topic", m.topic, "--test-topic", test_topic.topic, "--epochs", "1",
-                        "--num-processes", "1", "--no-progress", "--run-dir", str(tmp_path), "--log-level", "WARNING"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stderr.count(f"topic {m.topic} holds 25 records beyond its manifest") == 1
-    assert json.loads((tmp_path / "report.json").read_text())["epochs"][0]["samples"] == 300
+    with caplog.at_level("WARNING", logger="ddp_kbit"):
+        report = fit(kcfg, tmp_path, train_topic=m.topic, test_topic=test_topic.topic, epochs=1, num_processes=1)
+    assert caplog.text.count(f"topic {m.topic} holds 25 records beyond its manifest") == 1
+    assert report["epochs"][0]["samples"] == 300
