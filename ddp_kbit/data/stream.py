@@ -47,6 +47,7 @@ class StreamBatch:
     planned: int = 0         # offsets the plan put in this batch (bad records and gaps included)
     bad_records: tuple[tuple[str, int, int, str], ...] = ()  # (topic, partition, offset, reason)
     missing: tuple[tuple[str, int, int], ...] = ()            # planned offsets the log does not hold
+    offsets: np.ndarray | None = None   # (N, 2) int64: partition and offset of each good record, in batch order
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -332,6 +333,9 @@ class KafkaStreamDataset(IterableDataset):
         good = in_order >= 0
         cuts = np.concatenate([[0], np.cumsum(good)])[bounds]
         images, labels = decoded.images[in_order[good]], decoded.labels[in_order[good]]
+        kept = order[good]   # planned positions of the good rows, in batch order
+        where = np.stack([np.asarray([tp[1] for tp in window.tps], np.int64)[tp_ix[kept]], planned_offs[kept]], 1) \
+            if len(kept) else np.zeros((0, 2), np.int64)
         missing = self._missing(window, planned_at, bounds, order)
         out = []
         for j, size in enumerate(window.sizes):
@@ -339,7 +343,8 @@ class KafkaStreamDataset(IterableDataset):
             x = torch.from_numpy(images[a:z])
             if self.pin_memory:
                 x = x.pin_memory()
-            out.append(StreamBatch(x, torch.from_numpy(labels[a:z]), step + j, size, tuple(bad[j]), missing[j]))
+            out.append(StreamBatch(x, torch.from_numpy(labels[a:z]), step + j, size, tuple(bad[j]), missing[j],
+                                   where[a:z]))
         return out
 
     @staticmethod

@@ -131,6 +131,7 @@ def test_yields_exactly_the_planned_batches_in_order(shuffle):
         expect = np.stack([images[(p, o)] for _, p, o in plan.batch_offsets(k)])
         assert torch.equal(got.images, torch.from_numpy(expect)) and got.images.dtype == torch.uint8
         assert got.step == k and got.planned == len(expect)
+        assert [tuple(o) for o in got.offsets.tolist()] == [(p, o) for _, p, o in plan.batch_offsets(k)]
 
 
 def test_a_shuffled_plan_seeks_at_most_once_per_piece():
