@@ -33,7 +33,7 @@ ALIASES = {"checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every": ("checkp
            "spark_conf": ("spark", "conf"), "spark_conf_dir": ("spark", "conf_dir"),
            "handler": ("train", "handlers"), "transform": ("train", "transforms")}
 # where a field name found in several sections goes (the study's own keys need experiment={...})
-SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark")
+SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark", "source")
 
 
 def job_from(config: JobConfig | None = None, **fields: Any) -> JobConfig:
@@ -90,6 +90,8 @@ def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
     with reachable(job.kafka, run_dir) as kcfg, spark.session_scope():
         if mode == "publish":
             report = driver.run_publish(job, kcfg)
+        elif mode == "describe":
+            report = describe(job, kcfg)
         elif mode == "experiment":
             from ddp_kbit.experiment.runner import run_study
 
@@ -97,6 +99,16 @@ def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
         else:
             raise ConfigError(f"unknown mode {mode!r}")
     return write_report(job, run_dir, report)
+
+
+def describe(job: JobConfig, kcfg: KafkaConfig) -> dict:
+    from ddp_kbit.data.source import describe as describe_topic
+
+    if not job.inspect.topic:
+        raise ConfigError("--mode describe needs --topic T")
+    _, findings = describe_topic(kcfg, job.inspect.topic, job.source, scan=job.inspect.scan,
+                                 limit=job.inspect.limit or 1000)
+    return {"mode": "describe", "findings": findings}
 
 
 def publish(dataset: str = "fashion-mnist", *, bootstrap_servers: str | None = None, kafka: KafkaConfig | None = None,

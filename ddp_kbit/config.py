@@ -142,6 +142,69 @@ class DataConfig:
         return self.train_topic is None and self.test_topic is None
 
 
+FRAMINGS = ("none", "confluent")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How to read a topic that was not written to wire contract v1 (``[source]``):
+    the value's format and schema, where the image and the label are, the sample
+    type, and the framing. Empty (``value_format=None``) means contract v1."""
+
+    value_format: str | None = None      # json | avro | protobuf | bson
+    value_schema: str | None = None      # .avsc, or .proto (with value_message); the reader schema with a registry
+    value_message: str | None = None     # protobuf message name in value_schema
+    image_field: str = "image"           # path, e.g. features.pixels
+    label_field: str = "label"
+    shape: tuple[int, ...] = ()          # H,W[,C]; inferred by --mode describe when it can be
+    dtype: str | None = None             # uint8 | float32; inferred by describe
+    num_classes: int | None = None
+    classes: tuple[str, ...] = ()        # string labels, in class-index order
+    framing: str = "none"                # none | confluent (Schema Registry wire format)
+    schema_registry: str | None = None   # URL
+    registry_user: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.value_format is not None:
+            one_of("value_format", self.value_format, FORMATS)
+        one_of("framing", self.framing, FRAMINGS)
+        if self.dtype is not None:
+            one_of("dtype", self.dtype, ("uint8", "float32"))
+        if self.shape and (not 2 <= len(self.shape) <= 3 or any(d < 1 for d in self.shape)):
+            raise ConfigError(f"shape must be H,W or H,W,C with every dimension > 0; got {list(self.shape)}")
+        if self.num_classes is not None:
+            positive("num_classes", self.num_classes)
+        if self.classes and self.num_classes is not None and len(self.classes) != self.num_classes:
+            raise ConfigError(f"{len(self.classes)} classes named but num_classes is {self.num_classes}")
+        if self.value_format is None and any((self.value_schema, self.shape, self.dtype, self.framing != "none")):
+            raise ConfigError("a source description needs --value-format (json, avro, protobuf or bson)")
+        if self.framing == "confluent" and not self.schema_registry and not self.value_schema:
+            raise ConfigError("--framing confluent needs --schema-registry URL (or --value-schema for one writer schema)")
+        if self.value_format == "protobuf" and self.value_schema and not self.value_message:
+            raise ConfigError("a .proto --value-schema needs --value-message NAME")
+        if self.value_format == "protobuf" and not self.value_schema and self.framing != "confluent":
+            raise ConfigError("protobuf values need --value-schema FILE.proto and --value-message NAME "
+                              "(or --framing confluent with a registry)")
+
+    @property
+    def described(self) -> bool:
+        return self.value_format is not None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.registry_password,) if self.registry_password else ()
+
+    def to_dict(self) -> dict:
+        """For a manifest: the description without credentials."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("registry_user", "registry_password")}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SourceConfig:
+        return build(cls, d, where="source")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Model and optimisation, per rank."""
@@ -310,6 +373,19 @@ class ExperimentConfig:
 
 
 @dataclass(frozen=True)
+class InspectConfig:
+    """What ``--mode describe`` and ``--mode inspect`` read."""
+
+    topic: str | None = None
+    limit: int | None = None        # records; default describe 1000, inspect all
+    scan: bool = False              # describe: every record, not a sample
+
+    def __post_init__(self):
+        if self.limit is not None:
+            positive("limit", self.limit)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything ``ddp-kbit`` runs with, one part per section (torchtitan-style)."""
 
@@ -320,6 +396,8 @@ class JobConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     spark: SparkConfig = SparkConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    source: SourceConfig = SourceConfig()
+    inspect: InspectConfig = InspectConfig()
 
 
 def sections_of(cls) -> dict[str, type]:

@@ -30,7 +30,9 @@ from ddp_kbit.config import (  # noqa: E402
     CheckpointConfig,
     DataConfig,
     ExperimentConfig,
+    InspectConfig,
     JobConfig,
+    SourceConfig,
     SparkConfig,
     TrainConfig,
     build_group,
@@ -40,7 +42,7 @@ from ddp_kbit.config import (  # noqa: E402
 from ddp_kbit.experiment import presets  # noqa: E402
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS  # noqa: E402
 
-MODES = ("train", "publish", "experiment")
+MODES = ("train", "publish", "experiment", "describe")
 
 
 def names(allowed):
@@ -88,6 +90,40 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     opt("allow_missing_records", action="store_true",
         help="when retention deleted records a manifest covers, train on the rest (counted in the report) "
              "instead of stopping")
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be H,W or H,W,C integers, e.g. 28,28; got {text!r}") from None
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("topics we did not write ([source]; --mode describe writes a manifest from these)")
+    opt = lambda name, *flags, **kw: cli.option(g, "source", SourceConfig, name, *flags, **kw)  # noqa: E731
+    opt("value_format", choices=FORMATS, help="the values' format (without it, topics follow wire contract v1)")
+    opt("value_schema", metavar="FILE", help="Avro .avsc or Protobuf .proto of the values (with a registry: the "
+        "reader schema)")
+    opt("value_message", metavar="NAME", help="the Protobuf message in --value-schema")
+    opt("image_field", metavar="PATH", help="where the image is: bytes, base64 text, a flat or nested list "
+        "(a dotted path reaches into nested records, e.g. features.pixels)")
+    opt("label_field", metavar="PATH", help="where the label is: an int, or a string of --classes")
+    opt("shape", type=shape_arg, metavar="H,W[,C]", help="image shape (inferred by describe when it can be)")
+    opt("dtype", choices=("uint8", "float32"), help="image type (inferred by describe)")
+    opt("num_classes", type=int, metavar="K", help="class count (inferred by describe)")
+    opt("classes", type=lambda t: tuple(c.strip() for c in t.split(",")), metavar="A,B,...",
+        help="class names, in class-index order, for string labels")
+    opt("framing", choices=("none", "confluent"), help="confluent: Schema Registry wire format (magic byte, schema "
+        "id, for Protobuf message indexes) before each value")
+    opt("schema_registry", metavar="URL", help="Schema Registry that resolves the framing's schema ids")
+    opt("registry_user", metavar="USER", help="Schema Registry basic-auth user")
+    opt("registry_password", metavar="PASSWORD", help="Schema Registry basic-auth password (never logged)")
+    g = p.add_argument_group("reading a topic (--mode describe, --mode inspect)")
+    opt = lambda name, *flags, **kw: cli.option(g, "inspect", InspectConfig, name, *flags, **kw)  # noqa: E731
+    opt("topic", help="the topic to describe or inspect")
+    opt("limit", type=int, metavar="N", help="records to read (describe: a sample of 1000 by default; inspect: all)")
+    opt("scan", action="store_true", help="describe: read every record, not a sample")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -164,7 +200,7 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
              "train (the real training path); raw and memory baselines are added")
     opt("iterations", type=int, metavar="N", help="measured iterations per condition, interleaved round-robin")
     opt("warmup", type=int, metavar="N", help="extra iterations first, recorded as warmup and left out of the statistics")
-    opt("limit", type=int, metavar="N", help="records per topic (default the whole split)")
+    opt("limit", "--study-limit", type=int, metavar="N", help="records per topic (default the whole split)")
     opt("num_processes", "--study-processes", type=counts, metavar="N[,M...]",
         help="process counts the study measures, one launch each")
     opt("epochs", "--study-epochs", type=int, metavar="N", help="epochs of the study's train workload")
@@ -180,11 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="train",
                    help="train (default): stream, train, evaluate, report; publish: only publish the dataset's "
                         "train/test topics when their manifests are missing; experiment: a study of what each "
-                        "wire format (layout, compression, client, process count) costs, with statistics and plots")
+                        "wire format (layout, compression, client, process count) costs, with statistics and plots; "
+                        "describe: read a topic we did not write (--topic and the [source] flags), infer its sample "
+                        "type and classes, report bad records, and write its manifest")
     add_data_args(p)
     add_train_args(p)
     add_spark_args(p)
     add_experiment_args(p)
+    add_source_args(p)
     cli.add_kafka_args(p)
     cli.add_general_args(p)
     return p
@@ -207,6 +246,12 @@ def summarize(report: dict) -> str:
         failed = f"; {report['failed']} failed (see results.csv)" if report["failed"] else ""
         return "\n".join([report["table"], "", *report["verdicts"], "",
                           f"{report['rows']} measurements{failed}; study: {report['files']['report_md']}"])
+    if report["mode"] == "describe":
+        f = report["findings"]
+        bad = ", ".join(f"{n} {r}" for r, n in f["bad"].items()) or "none"
+        return (f"{f['topic']}: {f['good']} of {f['records_read']} records read are {f['shape']} {f['dtype']} "
+                f"samples of {f['num_classes']} classes; bad: {bad}; manifest "
+                f"{'written' if f['manifest_written'] else 'not written'}")
     if report["mode"] != "train":
         return f"topics: {report['topics']}"
     last, final = report["epochs"][-1] if report["epochs"] else {}, report["final"]
@@ -230,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     job = job_config(args)
-    logs.configure(job.general.log_level, secrets=job.kafka.secrets)
+    logs.configure(job.general.log_level, secrets=job.kafka.secrets + job.source.secrets)
     report = run(args, job, argv)
     print(summarize(report))
     print(f"report: {report['report_path']}")

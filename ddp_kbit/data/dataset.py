@@ -39,7 +39,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import IterableDataset
 
-from ddp_kbit.config import DataConfig, KafkaConfig
+from ddp_kbit.config import DataConfig, KafkaConfig, SourceConfig
 from ddp_kbit.data import manifest as manifests
 from ddp_kbit.data.dead_letters import read_dead_letters
 from ddp_kbit.data.partitions import (
@@ -51,6 +51,7 @@ from ddp_kbit.data.partitions import (
     ranges_to_slices,
     subtract,
 )
+from ddp_kbit.data.source import describe
 from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch
 from ddp_kbit.errors import ConfigError, StreamError
 
@@ -62,11 +63,14 @@ class KafkaDataset(IterableDataset):
     def __init__(self, topic: str | manifests.Manifest, bootstrap_servers: str | None = None, batch_size: int = 128,
                  *, rank: int | None = None, world_size: int | None = None, seed: int = 0, shuffle: str | None = None,
                  kafka: KafkaConfig | None = None, data: DataConfig | None = None, num_classes: int | None = None,
-                 pin_memory: bool = False, forwarded: set | None = None, allow_missing_records: bool | None = None):
+                 pin_memory: bool = False, forwarded: set | None = None, allow_missing_records: bool | None = None,
+                 source: SourceConfig | None = None):
         """``topic``: a name (its manifest is read, else ranges come from the broker) or a
         :class:`Manifest`. ``kafka``/``data``: full connection and stream settings
         (``bootstrap_servers``, ``shuffle`` override theirs). ``forwarded``: bad records
-        already dead-lettered, shared and added to (default: what the DLQ holds now)."""
+        already dead-lettered, shared and added to (default: what the DLQ holds now).
+        ``source``: how to read a topic we did not write, when it has no manifest that
+        says so (see ``--mode describe``); its registry credentials are used either way."""
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0; got {batch_size}")
@@ -81,7 +85,10 @@ class KafkaDataset(IterableDataset):
         allow = data.allow_missing_records if allow_missing_records is None else allow_missing_records
         self.missing: list = []
         if isinstance(topic, str):   # a Manifest is taken as checked (the training driver did)
-            topic, self.missing = manifests.check_on_broker(kafka, manifests.resolve(kafka, topic), allow)
+            found = describe(kafka, topic, source, write=False)[0] if source is not None and source.described \
+                else manifests.resolve(kafka, topic)
+            topic, self.missing = manifests.check_on_broker(kafka, found, allow)
+        self.source = source
         self.manifest = topic
         self.kafka, self.data, self.batch_size, self.seed = kafka, data, batch_size, seed
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -148,7 +155,7 @@ class KafkaDataset(IterableDataset):
         if self._stream is None:
             self._stream = KafkaStreamDataset(self.kafka, self.data, self.manifest, self.plan,
                                               num_classes=self.num_classes, pin_memory=self.pin_memory,
-                                              forwarded=self.forwarded)
+                                              forwarded=self.forwarded, auth=self.source)
         return self._stream
 
     def __iter__(self) -> Iterator[StreamBatch]:

@@ -18,6 +18,7 @@ from ddp_kbit.wire import FORMATS, SCHEMA_ID, get_codec
 from ddp_kbit.wire.sample import HEADER_FORMAT
 
 log = logging.getLogger(__name__)
+FOREIGN_SCHEMA = "foreign/v1"   # a topic we did not write, described by --mode describe (ddp_kbit.wire.foreign)
 FIELDS = ("topic", "dataset", "split", "format", "layout", "schema", "num_samples", "shape", "dtype",
           "num_classes", "class_names", "partitions", "compression", "created_at")
 
@@ -38,14 +39,18 @@ class Manifest:
     compression: str = "none"
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     schema: str = SCHEMA_ID
-    source: str = "manifest"  # or "broker" for a derived one; not on the wire
+    origin: str = "manifest"  # or "broker" for a derived one; not on the wire
+    description: dict | None = None   # a foreign topic's source description (format "foreign")
 
     def to_json(self) -> bytes:
         obj = {k: v for k, v in asdict(self).items() if k in FIELDS}
         obj["shape"] = list(self.shape)
         obj["class_names"] = list(self.class_names) if self.class_names is not None else None
         obj["partitions"] = {str(p): [s, e] for p, (s, e) in sorted(self.partitions.items())}
-        return json.dumps({k: obj[k] for k in FIELDS}, separators=(",", ":")).encode()
+        out = {k: obj[k] for k in FIELDS}
+        if self.description is not None:   # a described foreign topic: v1's fields, then how to read it
+            out["source"] = self.description
+        return json.dumps(out, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Manifest:
@@ -54,14 +59,18 @@ class Manifest:
             missing = [k for k in FIELDS if k not in obj]
             if missing:
                 raise ManifestError(f"manifest misses {missing}")
-            if obj["schema"] != SCHEMA_ID:
-                raise ManifestError(f"manifest schema {obj['schema']!r}, this reader knows {SCHEMA_ID!r}")
+            if obj["schema"] not in (SCHEMA_ID, FOREIGN_SCHEMA):
+                raise ManifestError(f"manifest schema {obj['schema']!r}, this reader knows {SCHEMA_ID!r} and "
+                                    f"{FOREIGN_SCHEMA!r}")
+            if obj["schema"] == FOREIGN_SCHEMA and not isinstance(obj.get("source"), dict):
+                raise ManifestError("a foreign/v1 manifest needs its source description")
             return cls(topic=obj["topic"], dataset=obj["dataset"], split=obj["split"], format=obj["format"],
                        layout=obj["layout"], num_samples=int(obj["num_samples"]), shape=tuple(obj["shape"]),
                        dtype=obj["dtype"], num_classes=obj["num_classes"],
                        class_names=tuple(obj["class_names"]) if obj["class_names"] is not None else None,
                        partitions={int(p): (int(r[0]), int(r[1])) for p, r in obj["partitions"].items()},
-                       compression=obj["compression"], created_at=obj["created_at"], schema=obj["schema"])
+                       compression=obj["compression"], created_at=obj["created_at"], schema=obj["schema"],
+                       description=obj.get("source") if obj["schema"] == FOREIGN_SCHEMA else None)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ManifestError(f"unreadable manifest: {exc}") from None
 
@@ -129,7 +138,7 @@ def from_broker(cfg: KafkaConfig, topic: str, num_partitions: int) -> Manifest:
                     num_samples=sum(hi - lo for lo, hi in bounds.values()), shape=sample.shape,
                     dtype=sample.dtype, num_classes=None, class_names=None,
                     partitions={p: bounds[(topic, p)] for p in range(num_partitions)},
-                    compression="unknown", source="broker")
+                    compression="unknown", origin="broker")
 
 
 def _guess_format(value: bytes) -> str:
@@ -197,7 +206,7 @@ def check_on_broker(kcfg: KafkaConfig, m: Manifest, allow_missing: bool) -> tupl
     """The manifest as far as the broker still holds it, and the missing ranges.
     Missing planned records stop the run unless ``allow_missing``; records appended
     after the manifest are logged, once."""
-    if m.source != "manifest":
+    if m.origin != "manifest":
         return m, []
     cov = coverage(m, broker_bounds(kcfg, m))
     if cov.beyond:

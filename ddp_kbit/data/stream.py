@@ -26,12 +26,12 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ddp_kbit import kafka
-from ddp_kbit.config import DataConfig, KafkaConfig
+from ddp_kbit.config import DataConfig, KafkaConfig, SourceConfig
 from ddp_kbit.data.dead_letters import BadRecords, DeadLetters
 from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import ConsumedRange, RankPlan, Slice, Window, merge_consumed
+from ddp_kbit.data.source import codec_for
 from ddp_kbit.errors import StreamError
-from ddp_kbit.wire import get_codec
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,14 @@ class KafkaStreamDataset(IterableDataset):
 
     def __init__(self, kafka_cfg: KafkaConfig, data: DataConfig, topic: Manifest, plan: RankPlan,
                  num_classes: int | None = None, pin_memory: bool = False, forwarded: set | None = None,
-                 consumer_factory: Callable | None = None, producer_factory: Callable | None = None):
+                 consumer_factory: Callable | None = None, producer_factory: Callable | None = None,
+                 auth: SourceConfig | None = None):
         """``forwarded``: (topic, partition, offset) of bad records already in a DLQ;
-        shared, and added to as this stream forwards more."""
+        shared, and added to as this stream forwards more. ``auth``: Schema Registry
+        credentials for a foreign topic's framing."""
         super().__init__()
         self.kafka, self.data, self.topic, self.plan = kafka_cfg, data, topic, plan
-        self.num_classes, self.pin_memory = num_classes, pin_memory
+        self.num_classes, self.pin_memory, self.auth = num_classes, pin_memory, auth
         self._consumer_factory = consumer_factory or (
             lambda: kafka.make_consumer(kafka_cfg, group_id="ddp_kbit.train", strict=True))
         self._dead_letters = DeadLetters(kafka_cfg, producer_factory, forwarded, data.dlq_max_bytes)
@@ -277,7 +279,7 @@ class KafkaStreamDataset(IterableDataset):
                 limit = max(self.data.buffer_records, 2 * max(len(w) for w in self.plan.windows))
                 reader = _Reader(consumer, limit, self.data.shuffle_chunk)
                 reader.start(self.plan)
-                codec = get_codec(self.topic.format, self.topic.layout)
+                codec = codec_for(self.topic, self.auth)
                 windows, step = self.plan.windows, 0
                 reader.want(windows[0])
                 for w, window in enumerate(windows):

@@ -7,10 +7,11 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from ddp_kbit.config import DataConfig, JobConfig, KafkaConfig, PublishConfig, as_dict
+from ddp_kbit.config import DataConfig, JobConfig, KafkaConfig, PublishConfig, SourceConfig, as_dict
 from ddp_kbit.data import manifest
 from ddp_kbit.data.dead_letters import dlq_topic, read_dead_letters
 from ddp_kbit.data.publish import ensure_published
+from ddp_kbit.data.source import describe
 from ddp_kbit.errors import UserError
 from ddp_kbit.launch import spark
 from ddp_kbit.train import checkpoint, models, rankfiles, usercode
@@ -28,11 +29,15 @@ def ensure_default_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool) -
     return ensure_published(kcfg, pcfg, splits=("train", "test"), progress=progress)
 
 
-def resolve_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool) -> dict[str, manifest.Manifest]:
+def resolve_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool,
+                   source: SourceConfig | None = None) -> dict[str, manifest.Manifest]:
     """Manifests of the train and test topics: the default ones (published if
-    missing), or the named ones (manifest, else derived from the broker)."""
+    missing), the named ones (manifest, else derived from the broker), or, with a
+    source description, topics we did not write as described now."""
     if data.default_topics:
         return ensure_default_topics(kcfg, data, progress)
+    if source is not None and source.described:
+        return {split: describe(kcfg, data.topic(split), source, write=False)[0] for split in ("train", "test")}
     return {split: manifest.resolve(kcfg, data.topic(split)) for split in ("train", "test")}
 
 
@@ -44,7 +49,7 @@ def check_compatible(train: manifest.Manifest, test: manifest.Manifest, data: Da
                         f"{test.topic} holds {list(test.shape)} {test.dtype}")
     for m in (train, test):
         if data.format is not None and m.format != data.format:
-            raise UserError(f"topic {m.topic} is {m.format} (its {m.source} says so), but --format {data.format} "
+            raise UserError(f"topic {m.topic} is {m.format} (its {m.origin} says so), but --format {data.format} "
                             "was given; leave --format out or name another topic")
     classes = train.num_classes or test.num_classes
     if classes is None:
@@ -92,6 +97,7 @@ def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path
     return RunSpec(kafka=kcfg, data=job.data, train=job.train,
                    checkpoint=replace(job.checkpoint, dir=str(ckpt_dir)), train_topic=train, test_topic=test,
                    num_classes=classes, run_dir=str(run_dir), model=model, transforms=transforms, handlers=handlers,
+                   source=job.source,
                    log_level=job.general.log_level,
                    progress=job.general.progress, use_gpu=job.spark.gpu,
                    collective_timeout_s=job.spark.collective_timeout_s,
@@ -212,7 +218,7 @@ def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict],
 def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, transforms=()) -> dict:
     """``kcfg``: the job's Kafka config with reachable servers (the embedded broker's, if any)."""
     manifests, missing = {}, []
-    for split, m in resolve_topics(kcfg, job.data, job.general.progress).items():
+    for split, m in resolve_topics(kcfg, job.data, job.general.progress, job.source).items():
         manifests[split], gone = manifest.check_on_broker(kcfg, m, job.data.allow_missing_records)
         missing += gone
     spec = build_spec(job, kcfg, manifests, run_dir, model, transforms)

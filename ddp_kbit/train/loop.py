@@ -26,7 +26,7 @@ from ignite.engine import Engine
 from ignite.metrics import Accuracy, Loss
 
 from ddp_kbit import logs
-from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
+from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, SourceConfig, TrainConfig
 from ddp_kbit.data.dataset import KafkaDataset
 from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices
@@ -66,6 +66,7 @@ class RunSpec:
     model: object = "cnn"                  # a built-in name, a CodeRef, or a callable (Python API)
     transforms: tuple = ()                 # CodeRefs or callables
     handlers: tuple[CodeRef, ...] = ()
+    source: SourceConfig = SourceConfig()    # registry credentials of foreign topics (never in a manifest)
     log_level: str = "INFO"
     progress: bool = True
     use_gpu: bool = False
@@ -224,7 +225,7 @@ def _train(spec: RunSpec) -> dict:
     rank, world, device = dist.init_distributed(spec.use_gpu, spec.collective_timeout_s)
     # forced: a Spark python worker may already have configured logging (lines would repeat)
     logs.configure(spec.log_level, f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
-                   secrets=spec.kafka.secrets)
+                   secrets=spec.kafka.secrets + spec.source.secrets)
     log.info("rank %d/%d on %s: %d torch threads, cpus %s, OMP_NUM_THREADS=%s", rank, world, device,
              torch.get_num_threads(), sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))
     rt = RankTrainer(spec, rank, world, device)
@@ -294,7 +295,7 @@ class RankTrainer:
     def _kafka(self, topic: Manifest, batch: int, data: DataConfig) -> KafkaDataset:
         return KafkaDataset(topic, kafka=self.spec.kafka, data=data, batch_size=batch, rank=self.rank,
                             world_size=self.world, seed=self.cfg.seed, num_classes=self.spec.num_classes,
-                            pin_memory=self.device.type == "cuda", forwarded=self.forwarded)
+                            pin_memory=self.device.type == "cuda", forwarded=self.forwarded, source=self.spec.source)
 
     def restore(self, path: str) -> None:
         checkpoint.restore(path, self.to_save)

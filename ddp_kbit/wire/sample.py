@@ -21,6 +21,7 @@ REASONS = (
     "truncated", "malformed", "wrong_type", "missing_field", "both_fields",
     "bad_dtype", "bad_shape", "size_mismatch", "bad_base64", "out_of_range",
     "shape_mismatch", "tombstone", "bad_label",
+    "bad_framing", "unknown_schema",   # topics we did not write (ddp_kbit.wire.foreign)
 )
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

@@ -16,7 +16,7 @@ def test_small_study_writes_every_file_consistently(kcfg, tmp_path):
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "ddp_kbit.main", "--mode", "experiment", "--bootstrap-servers", kcfg.bootstrap_servers,
            "--formats", "json,protobuf", "--workloads", "publish,ingest,train", "--iterations", "2", "--warmup", "1",
-           "--limit", "1000", "--output-dir", str(out), "--run-dir", str(tmp_path), "--no-progress",
+           "--study-limit", "1000", "--output-dir", str(out), "--run-dir", str(tmp_path), "--no-progress",
            "--log-level", "WARNING"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

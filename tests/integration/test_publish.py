@@ -169,7 +169,7 @@ def test_manifest_fallback_from_broker(kcfg, fmnist, topic_name):
                           headers=codec.headers)
         assert producer.flush(10) == 0
     m = manifest.resolve(kcfg, topic_name)
-    assert (m.source, m.format, m.shape, m.dtype, m.num_samples) == ("broker", "bson", (28, 28), "uint8", 25)
+    assert (m.origin, m.format, m.shape, m.dtype, m.num_samples) == ("broker", "bson", (28, 28), "uint8", 25)
     assert m.partitions == {0: (0, 13), 1: (0, 12)}
 
 

@@ -122,7 +122,7 @@ def test_killed_rank_and_restart_keep_the_accounting_exact(kcfg, dirty, test_top
     for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
         p.produce(clean, value=r.value, key=r.key, partition=r.partition)
     assert p.flush(30) == 0
-    manifest.write(kcfg, manifest.Manifest(**{**m.__dict__, "topic": clean, "source": "manifest"}))
+    manifest.write(kcfg, manifest.Manifest(**{**m.__dict__, "topic": clean, "origin": "manifest"}))
     m2 = manifest.resolve(kcfg, clean)
     # 19 steps an epoch: rank 1 is killed in epoch 2, after the step-25 checkpoint
     report = fit(kcfg, tmp_path, train_topic=clean, test_topic=test_topic.topic, epochs=2, num_processes=2,
