@@ -29,11 +29,9 @@ class Registry:
     def register(self, subject: str, body: dict) -> dict:
         with self.lock:
             kind = body.get("schemaType", "AVRO")
-            for sid, s in self.schemas.items():
-                if s["schema"] == body["schema"] and s["schemaType"] == kind:
-                    break
-            else:
-                sid = len(self.schemas) + 1
+            known = [i for i, s in self.schemas.items() if s["schema"] == body["schema"] and s["schemaType"] == kind]
+            sid = known[0] if known else len(self.schemas) + 1
+            if not known:
                 self.schemas[sid] = {"schema": body["schema"], "schemaType": kind, "guid": str(uuid.uuid4())}
             versions = self.subjects.setdefault(subject, [])
             if sid not in versions:
