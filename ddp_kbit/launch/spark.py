@@ -135,6 +135,8 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
         conf["spark.master"] = cfg.master
     elif "spark.master" in conf and conf["spark.master"].startswith("local"):
         conf["spark.master"] = f"local[{max(cfg.num_processes, 2)}]"  # a slot per barrier task
+    if cfg.gpu:
+        gpu_scheduling(cfg, conf)
     # Spark re-checks a barrier stage's slots every interval, maxFailures times (default:
     # 40 x 15 s); bound it by our launch timeout, which the driver enforces as well.
     conf.setdefault("spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "5s")
@@ -146,6 +148,25 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
     if RAPIDS_PLUGIN in conf.get("spark.plugins", ""):
         check_rapids_jar(conf)
     return conf
+
+
+def gpu_scheduling(cfg: SparkConfig, conf: dict[str, str]) -> None:
+    """GPUs where the master can schedule them. ``local[N]``: the ranks are torchrun
+    processes on the driver (local mode), one of the driver's GPUs each, so the
+    driver needs ``num_processes`` of them; a barrier stage cannot be given GPUs
+    there. ``local-cluster[...]``: its workers discover GPUs like a cluster's."""
+    master = conf.get("spark.master", "")
+    if master.startswith("local["):
+        if cfg.distributed:
+            raise ConfigError("--gpu --distributed needs a master whose workers schedule GPUs (standalone, YARN, "
+                              "Kubernetes, or local-cluster[N,C,MB] on one machine); with local[N] leave out "
+                              "--distributed: the ranks run on the driver, one GPU each")
+        conf.setdefault("spark.driver.resource.gpu.amount", str(cfg.num_processes))
+        conf["spark.driver.resource.gpu.amount"] = str(max(int(conf["spark.driver.resource.gpu.amount"]),
+                                                           cfg.num_processes))
+    elif master.startswith("local-cluster"):
+        for key in ("amount", "discoveryScript"):
+            conf.setdefault(f"spark.worker.resource.gpu.{key}", conf[f"spark.executor.resource.gpu.{key}"])
 
 
 def check_rapids_jar(conf: dict[str, str], spark_home: str | None = None) -> None:

@@ -32,12 +32,25 @@ def cnn(shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Module:
     )
 
 
+def convnet(shape: tuple[int, ...], num_classes: int, widths: tuple[int, int, int] = (32, 48, 96)) -> nn.Module:
+    """Three conv blocks (batch norm, ReLU, max pool) and global average pooling: more
+    depth than ``cnn`` for about the same multiply-adds (no 3136-wide dense layer)."""
+    c, _, _ = channels_and_hw(shape)
+    layers, cin = [], c
+    for i, w in enumerate(widths):
+        layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+        if i < len(widths) - 1:
+            layers.append(nn.MaxPool2d(2))
+        cin = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(cin, num_classes))
+
+
 def mlp(shape: tuple[int, ...], num_classes: int, hidden: int = 256) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), hidden), nn.ReLU(inplace=True),
                          nn.Dropout(0.2), nn.Linear(hidden, num_classes))
 
 
-BUILDERS = {"cnn": cnn, "mlp": mlp}  # names as in ddp_kbit.config.MODELS
+BUILDERS = {"cnn": cnn, "convnet": convnet, "mlp": mlp}  # names as in ddp_kbit.config.MODELS
 
 
 def example_batch(shape: tuple[int, ...], dtype: str = "uint8", n: int = 2):
@@ -109,3 +122,8 @@ def spec_name(spec) -> str:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def convnet64(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """``convnet`` with 32, 64 and 128 channels."""
+    return convnet(shape, num_classes, (32, 64, 128))
