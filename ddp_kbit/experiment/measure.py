@@ -81,6 +81,7 @@ class RankSide:
     run_dir: str
     collective_timeout_s: float
     passes: int = 1              # reads of the whole topic per ingest measurement
+    use_gpu: bool = False        # --gpu: one GPU per rank, pinned host batches
 
 
 def measure_rank(side: RankSide, cond: Condition, rank: int, world: int, device, round_dir: str) -> dict:
@@ -96,14 +97,15 @@ def measure_rank(side: RankSide, cond: Condition, rank: int, world: int, device,
                       0, Shuffle.of(side.data))[rank]
     t0, records = time.perf_counter(), 0
     for _ in range(side.passes):   # each pass with its own consumer, as each epoch of training
-        records += raw_drain(cfg, plan) if cond.format == RAW else stream_drain(cfg, side.data, topic, plan)
+        records += raw_drain(cfg, plan) if cond.format == RAW else \
+            stream_drain(cfg, side.data, topic, plan, side.use_gpu)
     seconds = time.perf_counter() - t0
     return {"records": records, "seconds": seconds, "bytes": records * side.value_bytes[key]}
 
 
-def stream_drain(cfg: KafkaConfig, data: DataConfig, topic: Manifest, plan) -> int:
+def stream_drain(cfg: KafkaConfig, data: DataConfig, topic: Manifest, plan, pin_memory: bool = False) -> int:
     """The real stream into training batches, no model."""
-    return sum(len(b) for b in KafkaStreamDataset(cfg, data, topic, plan))
+    return sum(len(b) for b in KafkaStreamDataset(cfg, data, topic, plan, pin_memory=pin_memory))
 
 
 def raw_drain(cfg: KafkaConfig, plan) -> int:
@@ -148,7 +150,8 @@ def train_memory(side: RankSide, rank: int, world: int, device, round_dir: str) 
 def _spec(side: RankSide, kcfg: KafkaConfig, topic: Manifest, test: Manifest | None, round_dir: str) -> RunSpec:
     return RunSpec(kafka=kcfg, data=side.data, train=side.train, checkpoint=_checkpoint_cfg(round_dir),
                    train_topic=topic, test_topic=test, num_classes=side.num_classes, run_dir=side.run_dir,
-                   model=side.train.model, progress=False, collective_timeout_s=side.collective_timeout_s)
+                   model=side.train.model, progress=False, collective_timeout_s=side.collective_timeout_s,
+                   use_gpu=side.use_gpu)
 
 
 def train_kafka(side: RankSide, cond: Condition, rank: int, world: int, device, round_dir: str) -> dict:

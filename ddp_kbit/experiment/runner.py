@@ -49,7 +49,7 @@ class RankTask:
 def experiment_fn(task: RankTask) -> None:
     """Each rank's main: measure this launch's conditions round by round; rank 0
     writes a row per condition and iteration, with rates summed over ranks."""
-    rank, world, device = dist.init_distributed(False, task.side.collective_timeout_s)
+    rank, world, device = dist.init_distributed(task.side.use_gpu, task.side.collective_timeout_s)
     logs.configure(task.log_level, f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
                    secrets=task.side.kafka.secrets)
     try:
@@ -154,7 +154,8 @@ def rank_side(job: JobConfig, kcfg: KafkaConfig, conditions: list[Condition], ds
         kafka=kcfg, data=job.data, train=replace(job.train, epochs=cfg.epochs), topics=topics, test_topics=test_topics,
         value_bytes={k: mean_value_bytes(kcfg, m) for k, m in topics.items()},
         images=ds.images if memory else None, labels=ds.labels if memory else None, num_classes=ds.num_classes,
-        run_dir=str(run_dir), collective_timeout_s=job.spark.collective_timeout_s, passes=cfg.passes)
+        run_dir=str(run_dir), collective_timeout_s=job.spark.collective_timeout_s, passes=cfg.passes,
+        use_gpu=job.spark.gpu)
 
 
 # ------------------------------------------------------------------ rounds
