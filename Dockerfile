@@ -6,6 +6,6 @@ RUN apt-get update \
 WORKDIR /opt/ddp_kbit
 COPY . .
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install --no-cache-dir -e .
+ && pip install --no-cache-dir .
 ENV PYSPARK_PYTHON=python3 PYSPARK_DRIVER_PYTHON=python3
 ENTRYPOINT ["ddp-kbit"]
