@@ -31,9 +31,10 @@ from ddp_kbit.kafka.broker import reachable
 ALIASES = {"checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every": ("checkpoint", "every"),
            "max_restarts": ("checkpoint", "max_restarts"), "resume": ("checkpoint", "resume"),
            "spark_conf": ("spark", "conf"), "spark_conf_dir": ("spark", "conf_dir"),
-           "handler": ("train", "handlers"), "transform": ("train", "transforms")}
+           "handler": ("train", "handlers"), "transform": ("train", "transforms"),
+           "until_idle": ("follow", "until_idle_s")}
 # where a field name found in several sections goes (the study's own keys need experiment={...})
-SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark", "source")
+SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark", "source", "follow")
 
 
 def job_from(config: JobConfig | None = None, **fields: Any) -> JobConfig:
@@ -43,7 +44,8 @@ def job_from(config: JobConfig | None = None, **fields: Any) -> JobConfig:
     over: dict[str, dict] = {}
     parts = sections_of(JobConfig)
     for key, value in fields.items():
-        if key in parts:
+        if key in parts and (isinstance(value, dict) or key not in {f.name for s in SEARCH
+                                                                   for f in dataclasses.fields(parts[s])}):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}= takes a dict of [{key}] settings; got {type(value).__name__}")
             over.setdefault(key, {}).update(value)

@@ -225,6 +225,7 @@ class TrainConfig:
     augment: bool = False           # built-in random crop + flip of image batches, on the device, training only
     transforms: tuple[str, ...] = ()  # batch transforms, MODULE:FUNCTION or PATH.py:FUNCTION, in order
     handlers: tuple[str, ...] = ()  # extra ignite handlers, MODULE:FUNCTION or PATH.py:FUNCTION
+    follow: bool = False            # keep training on new records in windows ([follow] says how)
 
     def __post_init__(self):
         if ":" not in self.model:
@@ -241,6 +242,52 @@ class TrainConfig:
                 where, _, name = h.rpartition(":")
                 if not where or not name:
                     raise ConfigError(f"{kind} must be MODULE:FUNCTION or PATH.py:FUNCTION; got {h!r}")
+
+
+START_AT = ("earliest", "latest", "manifest")
+
+
+@dataclass(frozen=True)
+class FollowConfig:
+    """Continuous training (``--follow``): windows of new records, each planned like an epoch."""
+
+    start_at: str = "earliest"           # earliest | latest | manifest (after its snapshot) | an ISO 8601 time
+    window_records: int = 10_000         # a window closes at this many new records...
+    window_seconds: float = 60.0         # ...or after this long with at least one new record
+    until_idle_s: float | None = None    # stop after this long without new records (the rest trained first)
+    max_windows: int | None = None
+    replay_fraction: float = 0.0         # older records mixed into each window (rehearsal), per new record
+    prequential: bool = True             # score each batch before training on it (test-then-train)
+    publish_model: str | None = None     # DIR: model-<window>.pt + latest.json after each window
+    model_topic: str | None = None       # a small record pointing at each published snapshot
+    publish_tolerance: float | None = None  # publish only when accuracy is at most this much below the last one
+
+    def __post_init__(self):
+        if self.start_at not in START_AT:
+            from datetime import datetime
+
+            try:
+                datetime.fromisoformat(self.start_at)
+            except ValueError:
+                raise ConfigError(f"start_at must be one of {', '.join(START_AT)} or an ISO 8601 time "
+                                  f"(2026-12-01T12:00:00+00:00); got {self.start_at!r}") from None
+        positive("window_records", self.window_records)
+        positive("window_seconds", self.window_seconds)
+        for name in ("until_idle_s", "max_windows"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
+        if not 0 <= self.replay_fraction <= 10:
+            raise ConfigError(f"replay_fraction must be within 0..10; got {self.replay_fraction}")
+        if self.publish_tolerance is not None:
+            positive("publish_tolerance", self.publish_tolerance, allow_zero=True)
+
+    def start_time_ms(self) -> int | None:
+        from datetime import UTC, datetime
+
+        if self.start_at in START_AT:
+            return None
+        t = datetime.fromisoformat(self.start_at)
+        return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -292,9 +339,19 @@ class PublishConfig:
     limit: int | None = None
     force: bool = False
     manifest_topic: str = MANIFEST_TOPIC
+    rate: float | None = None       # live: records per second, appended pass after pass
+    duration_s: float | None = None  # live: for this long...
+    repeat: int | None = None       # ...or this many passes over the dataset
 
     def __post_init__(self):
         one_of("dataset", self.dataset, DATASETS)
+        for name in ("rate", "duration_s", "repeat"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
+        if (self.duration_s is not None or self.repeat is not None) and self.rate is None:
+            raise ConfigError("--duration and --repeat go with --rate R (a live producer)")
+        if self.duration_s is not None and self.repeat is not None:
+            raise ConfigError("give --duration or --repeat, not both")
         one_of("split", self.split, ("train", "test"))
         one_of("format", self.format, FORMATS)
         one_of("layout", self.layout, LAYOUTS)
@@ -398,6 +455,7 @@ class JobConfig:
     experiment: ExperimentConfig = ExperimentConfig()
     source: SourceConfig = SourceConfig()
     inspect: InspectConfig = InspectConfig()
+    follow: FollowConfig = FollowConfig()
 
 
 def sections_of(cls) -> dict[str, type]:

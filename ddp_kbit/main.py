@@ -30,6 +30,7 @@ from ddp_kbit.config import (  # noqa: E402
     CheckpointConfig,
     DataConfig,
     ExperimentConfig,
+    FollowConfig,
     InspectConfig,
     JobConfig,
     SourceConfig,
@@ -39,6 +40,7 @@ from ddp_kbit.config import (  # noqa: E402
     load_config_file,
     sections_of,
 )
+from ddp_kbit.errors import EXIT_INTERRUPTED  # noqa: E402
 from ddp_kbit.experiment import presets  # noqa: E402
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS  # noqa: E402
 
@@ -161,6 +163,29 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     opt("max_restarts", type=int, metavar="N", help="re-run from the newest checkpoint after a failure")
 
 
+def add_follow_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("continuous training (--follow; [follow])")
+    cli.option(g, "train", TrainConfig, "follow", action="store_true",
+               help="keep training on new records as they arrive, in windows planned like epochs (each record once); "
+                    "stops at --max-windows, --until-idle, SIGTERM or Ctrl-C, after a checkpoint and a snapshot")
+    opt = lambda name, *flags, **kw: cli.option(g, "follow", FollowConfig, name, *flags, **kw)  # noqa: E731
+    opt("start_at", metavar="WHEN", help="earliest (what is there, then new records), latest (only new ones), "
+        "manifest (after the manifest's snapshot), or an ISO 8601 time (offsets_for_times)")
+    opt("window_records", type=int, metavar="N", help="a window closes at N new records...")
+    opt("window_seconds", type=float, metavar="S", help="...or S seconds after it opened, with at least one record")
+    opt("until_idle_s", "--until-idle", type=float, metavar="S", help="stop after S seconds without new records "
+        "(what arrived since the last window is trained first)")
+    opt("max_windows", type=int, metavar="N", help="stop after N windows")
+    opt("replay_fraction", type=float, metavar="F", help="mix F x the window's size of older records into each "
+        "window (rehearsal against forgetting; counted apart from new records)")
+    opt("publish_model", metavar="DIR", help="after each window: DIR/model-<window>.pt and DIR/latest.json (atomic)")
+    opt("model_topic", metavar="TOPIC", help="also a small record on TOPIC pointing at each snapshot")
+    opt("publish_tolerance", type=float, metavar="F", help="publish only when the window's accuracy is at most F "
+        "below the last published one")
+    opt("prequential", "--no-prequential", action="store_false",
+        help="do not score each batch before its step (prequential, test-then-train accuracy)")
+
+
 def add_spark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("spark")
     opt = lambda name, *flags, **kw: cli.option(g, "spark", SparkConfig, name, *flags, **kw)  # noqa: E731
@@ -221,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "type and classes, report bad records, and write its manifest")
     add_data_args(p)
     add_train_args(p)
+    add_follow_args(p)
     add_spark_args(p)
     add_experiment_args(p)
     add_source_args(p)
@@ -254,6 +280,16 @@ def summarize(report: dict) -> str:
                 f"{'written' if f['manifest_written'] else 'not written'}")
     if report["mode"] != "train":
         return f"topics: {report['topics']}"
+    if "windows" in report:
+        w = report["windows"]
+        last = w[-1] if w else {}
+        behind = (last.get("lag") or {}).get("records_behind_at_end")
+        stopped = report["spark"].get("stopped_by")
+        return (f"followed {report['config']['data'].get('train_topic')} for {len(w)} window(s) on "
+                f"{report['world_size']} process(es): {sum(x['new_records'] for x in w)} new records trained once "
+                f"each{', stopped by ' + stopped if stopped else ''}; last window "
+                f"{last.get('samples_per_s', 0):,.0f} samples/s, prequential accuracy "
+                f"{last.get('prequential_accuracy') or 0:.4f}, records behind {behind}")
     last, final = report["epochs"][-1] if report["epochs"] else {}, report["final"]
     return (f"trained {len(report['epochs'])} epoch(s) on {report['world_size']} process(es): test accuracy "
             f"{final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}; last epoch "
@@ -279,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args, job, argv)
     print(summarize(report))
     print(f"report: {report['report_path']}")
-    return 0
+    stopped = report.get("spark", {}).get("stopped_by")
+    if stopped:
+        print(f"ddp-kbit: stopped by {stopped} after a checkpoint", file=sys.stderr)
+    return EXIT_INTERRUPTED if stopped == "SIGINT" else 0
 
 
 def cli_entry() -> None:

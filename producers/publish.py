@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ddp_kbit import cli, logs
 from ddp_kbit.config import COMPRESSIONS, DATASETS, GeneralConfig, KafkaConfig, PublishConfig, SyntheticConfig, as_dict
 from ddp_kbit.data.datasets import load_dataset
-from ddp_kbit.data.publish import publish
+from ddp_kbit.data.publish import publish, publish_live
 from ddp_kbit.files import make_run_dir, write_json
 from ddp_kbit.kafka.broker import reachable
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS
@@ -62,9 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     opt("compression", choices=COMPRESSIONS, help="producer compression")
     opt("force", action="store_true",
         help="append to a topic that already holds records; the new manifest covers only the new records")
+    g = p.add_argument_group("a live producer (demos, --follow)")
+    opt = lambda name, *flags, **kw: cli.option(g, "publish", PublishConfig, name, *flags, **kw)  # noqa: E731
+    opt("rate", type=float, metavar="R", help="append at R records/s (keys continue the index); a manifest after "
+        "each completed pass covers every record acknowledged so far")
+    opt("duration_s", "--duration", type=float, metavar="S", help="with --rate: for S seconds, pass after pass")
+    opt("repeat", type=int, metavar="K", help="with --rate: K passes over the dataset (default 1)")
     cli.add_kafka_args(p)
     cli.add_general_args(p)
     return p
+
+
+def _stopping():
+    """SIGTERM ends a live producer between records (what was sent is flushed)."""
+    import signal
+
+    flag = {"stop": False}
+    signal.signal(signal.SIGTERM, lambda *_: flag.update(stop=True))
+    return lambda: flag["stop"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_dataset(job.publish.dataset, job.publish.split, job.publish.data_dir, job.publish.limit, job.synthetic)
     run_dir = make_run_dir(job.general.run_dir)
     with reachable(job.kafka, run_dir) as live:
-        result = publish(live, job.publish, ds, job.general.progress)
+        if job.publish.rate:
+            result = publish_live(live, job.publish, ds, job.general.progress, stop=_stopping())
+        else:
+            result = publish(live, job.publish, ds, job.general.progress)
+    if result.manifest is None:
+        print(f"published {result.records} records to {result.topic} (no pass completed: no manifest)")
+        return 0
     print(f"published {result.records} records to {result.topic} in {result.seconds:.2f}s: "
           f"{result.records_per_s:,.0f} records/s, {result.mb_per_s:.1f} MB/s")
     report = {"mode": "publish", "kafka": as_dict(job.kafka), "publish": as_dict(job.publish),

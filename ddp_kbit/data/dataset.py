@@ -64,13 +64,15 @@ class KafkaDataset(IterableDataset):
                  *, rank: int | None = None, world_size: int | None = None, seed: int = 0, shuffle: str | None = None,
                  kafka: KafkaConfig | None = None, data: DataConfig | None = None, num_classes: int | None = None,
                  pin_memory: bool = False, forwarded: set | None = None, allow_missing_records: bool | None = None,
-                 source: SourceConfig | None = None):
+                 source: SourceConfig | None = None, slices: list[Slice] | None = None):
         """``topic``: a name (its manifest is read, else ranges come from the broker) or a
         :class:`Manifest`. ``kafka``/``data``: full connection and stream settings
         (``bootstrap_servers``, ``shuffle`` override theirs). ``forwarded``: bad records
         already dead-lettered, shared and added to (default: what the DLQ holds now).
         ``source``: how to read a topic we did not write, when it has no manifest that
-        says so (see ``--mode describe``); its registry credentials are used either way."""
+        says so (see ``--mode describe``); its registry credentials are used either way.
+        ``slices``: plan these offsets instead of the manifest's ranges (a window of
+        continuous training)."""
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0; got {batch_size}")
@@ -88,7 +90,7 @@ class KafkaDataset(IterableDataset):
             found = describe(kafka, topic, source, write=False)[0] if source is not None and source.described \
                 else manifests.resolve(kafka, topic)
             topic, self.missing = manifests.check_on_broker(kafka, found, allow)
-        self.source = source
+        self.source, self._slices = source, slices
         self.manifest = topic
         self.kafka, self.data, self.batch_size, self.seed = kafka, data, batch_size, seed
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -104,6 +106,8 @@ class KafkaDataset(IterableDataset):
     # ---------------------------------------------------------------- planning
     @property
     def slices(self) -> list[Slice]:
+        if self._slices is not None:
+            return list(self._slices)
         return ranges_to_slices(self.manifest.topic, self.manifest.partitions)
 
     @property

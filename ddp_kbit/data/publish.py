@@ -101,6 +101,76 @@ def publish(kcfg: KafkaConfig, pcfg: PublishConfig, ds: Dataset, progress: bool 
     return PublishResult(topic, len(ds), nbytes, seconds, m)
 
 
+def publish_live(kcfg: KafkaConfig, pcfg: PublishConfig, ds: Dataset, progress: bool = True,
+                 stop=None) -> PublishResult:
+    """Append ``ds`` to the topic at ``pcfg.rate`` records/s, pass after pass, for
+    ``duration_s`` seconds or ``repeat`` passes (default: one pass), keys continuing
+    the index across passes and earlier records. After each completed pass (every
+    record of it acknowledged) a manifest covers everything acknowledged so far: a
+    bounded run can train on that snapshot, and a ``--follow`` run reads the sample
+    type from it. ``stop()``: checked between records (tests, signals)."""
+    topic, codec = pcfg.topic_name, get_codec(pcfg.format, pcfg.layout)
+    check_target(kcfg, topic, pcfg.partitions, force=True)
+    found = manifest.read_all(kcfg, pcfg.manifest_topic).get(topic)
+    bounds = kafka.partition_bounds(kcfg, topic, range(pcfg.partitions), group_id="ddp_kbit.publisher")
+    base = sum(hi - lo for lo, hi in bounds.values())
+    starts = dict(found.partitions) if found else {}
+    headers, sent, nbytes, t0 = codec.headers, 0, 0, time.perf_counter()
+    deadline = t0 + pcfg.duration_s if pcfg.duration_s else None
+    passes = pcfg.repeat or (None if deadline else 1)
+    m = found
+    with kafka.make_producer(kcfg, pcfg.compression) as producer, \
+            Progress(len(ds) * (passes or 1), f"publish {topic} at {pcfg.rate:g}/s", unit="rec",
+                     enabled=progress) as bar:
+        done = 0
+        while (passes is None or done < passes) and not _over(deadline, stop):
+            for i in range(len(ds)):
+                if _over(deadline, stop):
+                    break
+                _pace(t0, sent, pcfg.rate)
+                index = base + sent
+                value = codec.encode_array(index, int(ds.labels[i]), ds.images[i])
+                producer.send(topic, value, key=str(index).encode("ascii"), partition=index % pcfg.partitions,
+                              headers=headers)
+                sent, nbytes = sent + 1, nbytes + len(value)
+                bar.update(1)
+            else:
+                done += 1
+                m = _live_manifest(kcfg, pcfg, ds, producer, topic, starts)
+        if producer.flush(60) or producer.report.failed:
+            raise UserError(f"{producer.report.pending + producer.report.failed} of {sent} records did not land in "
+                            f"{topic} ({producer.report.first_error or 'delivery timed out'})")
+    seconds = time.perf_counter() - t0
+    log.info("published %d records to %s in %d complete pass(es), %.0f records/s", sent, topic, done, sent / seconds)
+    return PublishResult(topic, sent, nbytes, seconds, m)
+
+
+def _over(deadline: float | None, stop) -> bool:
+    return (deadline is not None and time.perf_counter() >= deadline) or (stop is not None and stop())
+
+
+def _pace(t0: float, sent: int, rate: float) -> None:
+    """Hold record ``sent`` until its time, t0 + sent / rate (each send serves deliveries)."""
+    wait = t0 + sent / rate - time.perf_counter()
+    if wait > 0:
+        time.sleep(wait)
+
+
+def _live_manifest(kcfg, pcfg, ds, producer, topic, starts: dict) -> manifest.Manifest:
+    """A manifest of everything acknowledged so far (never of what is still in flight)."""
+    if producer.flush(60) or producer.report.failed:
+        raise UserError(f"records did not land in {topic} ({producer.report.first_error or 'delivery timed out'}); "
+                        "no manifest written")
+    acked = producer.report.ranges_of(topic)
+    parts = {p: (starts.get(p, r)[0], r[1]) for p, r in acked.items()}
+    m = manifest.Manifest(topic=topic, dataset=ds.name, split=pcfg.split, format=pcfg.format, layout=pcfg.layout,
+                          num_samples=sum(e - s for s, e in parts.values()), shape=ds.shape,
+                          dtype=str(ds.images.dtype), num_classes=ds.num_classes, class_names=ds.class_names,
+                          partitions=dict(sorted(parts.items())), compression=pcfg.compression)
+    manifest.write(kcfg, m, pcfg.manifest_topic)
+    return m
+
+
 def ensure_published(kcfg: KafkaConfig, pcfg: PublishConfig, splits=("train", "test"),
                      synthetic: SyntheticConfig | None = None, progress: bool = True) -> dict[str, manifest.Manifest]:
     """The manifest of each split's topic, publishing the split first when its

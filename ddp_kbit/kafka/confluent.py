@@ -108,8 +108,8 @@ class Consumer(Closing):
 
     def poll(self, max_records: int = 10_000, timeout: float = 0.5, headers: bool = False) -> list[Record]:
         msgs = self._consume(max_records, timeout)
-        return [Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() if headers else None)
-                for m in msgs]
+        return [Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() if headers else None,
+                       m.timestamp()[1] if m.timestamp()[0] else None) for m in msgs]
 
     def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list, list]]:
         """A poll returns runs of records per partition: only what varies per record
@@ -161,6 +161,20 @@ class Consumer(Closing):
             except Exception as exc:
                 raise ClientError(f"cannot read offsets of {t}[{p}]: {short(exc)}") from None
         return out
+
+    def offsets_for_times(self, tps: Iterable[TP], timestamp_ms: int) -> dict[TP, int | None]:
+        tps = list(tps)
+        try:
+            got = self._c.offsets_for_times([self._tp(t, p, timestamp_ms) for t, p in tps], timeout=self._timeout)
+        except Exception as exc:
+            raise ClientError(f"cannot look up offsets for time {timestamp_ms}: {short(exc)}") from None
+        return {(g.topic, g.partition): (g.offset if g.offset >= 0 else None) for g in got}
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        try:
+            self._c.commit(offsets=[self._tp(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except Exception as exc:
+            raise ClientError(f"cannot commit offsets: {short(exc)}") from None
 
     def cached_high(self, topic: str, partition: int) -> int | None:
         lo, hi = self._c.get_watermark_offsets(self._tp(topic, partition), cached=True)

@@ -108,8 +108,8 @@ class Consumer(Closing):
             raise ClientError(f"consume failed: {short(exc)}") from None
 
     def poll(self, max_records=10_000, timeout=0.5, headers=False) -> list[Record]:
-        return [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers) if headers else None)
-                for recs in self._poll(max_records, timeout).values() for r in recs]
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers) if headers else None,
+                       r.timestamp) for recs in self._poll(max_records, timeout).values() for r in recs]
 
     def poll_runs(self, max_records: int, timeout: float) -> list[tuple[tuple, list, list, list]]:
         """kafka-python already hands records out per partition."""
@@ -134,6 +134,22 @@ class Consumer(Closing):
         except Exception as exc:
             raise ClientError(f"cannot read offsets of {[tuple(k) for k in keys]}: {short(exc)}") from None
         return {(k.topic, k.partition): (lo[k], hi[k]) for k in keys}
+
+    def offsets_for_times(self, tps, timestamp_ms: int) -> dict[TP, int | None]:
+        keys = [self._tp(t, p) for t, p in tps]
+        try:
+            got = self._c.offsets_for_times({k: timestamp_ms for k in keys})
+        except Exception as exc:
+            raise ClientError(f"cannot look up offsets for time {timestamp_ms}: {short(exc)}") from None
+        return {(k.topic, k.partition): (got[k].offset if got.get(k) else None) for k in keys}
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self._c.commit({self._tp(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+        except Exception as exc:
+            raise ClientError(f"cannot commit offsets: {short(exc)}") from None
 
     def cached_high(self, topic, partition) -> int | None:
         return self._c.highwater(self._tp(topic, partition))

@@ -21,6 +21,7 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list | None = None
+    timestamp_ms: int | None = None   # the record's (create or log-append) time
 
 
 @dataclass
@@ -119,6 +120,13 @@ class RecordConsumer(Protocol):
         """Benchmark ceiling: consume ``count`` records touching each value's length; the values' bytes."""
 
     def list_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, int]]: ...
+
+    def offsets_for_times(self, tps: Iterable[TP], timestamp_ms: int) -> dict[TP, int | None]:
+        """The first offset whose timestamp is at or after ``timestamp_ms`` (None: none is)."""
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Store committed offsets (next offset to read) for this consumer's group, for
+        lag tools; never read back by training."""
 
     def cached_high(self, topic: str, partition: int) -> int | None: ...
 

@@ -7,7 +7,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from ddp_kbit.config import DataConfig, JobConfig, KafkaConfig, PublishConfig, SourceConfig, as_dict
+from ddp_kbit import kafka
+from ddp_kbit.config import DataConfig, FollowConfig, JobConfig, KafkaConfig, PublishConfig, SourceConfig, as_dict
 from ddp_kbit.data import manifest
 from ddp_kbit.data.dead_letters import dlq_topic, read_dead_letters
 from ddp_kbit.data.publish import ensure_published
@@ -15,6 +16,7 @@ from ddp_kbit.data.source import describe
 from ddp_kbit.errors import UserError
 from ddp_kbit.launch import spark
 from ddp_kbit.train import checkpoint, models, rankfiles, usercode
+from ddp_kbit.train.follow import STOP_FILE
 from ddp_kbit.train.loop import RunSpec, train_fn
 from ddp_kbit.train.transforms import Transforms
 
@@ -112,11 +114,13 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
     restarts, attempts, scfg = 0, [], job.spark
     while True:
         rankfiles.clear(spec.run_dir)
+        Path(spec.checkpoint.dir, STOP_FILE).unlink(missing_ok=True)
         # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
         spec = replace(spec, dead_lettered=read_dead_letters(spec.kafka, [spec.train_topic.topic,
                                                                           spec.test_topic.topic]).forwarded)
         try:
-            launched = spark.launch(scfg, train_fn, spec)
+            stop_file = str(Path(spec.checkpoint.dir) / STOP_FILE) if spec.follow is not None else None
+            launched = spark.launch(scfg, train_fn, spec, stop_file=stop_file)
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": None})
             return launched, restarts, attempts
         except UserError:
@@ -207,21 +211,48 @@ def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict],
     if ranks:  # from the launch (Spark session included) to the last rank's start
         where["startup_s"] = round(max(r["started_at"] for r in ranks) - where["launched_at"], 2)
     config = {"kafka": as_dict(kcfg), "data": as_dict(job.data), "train": as_dict(job.train),
-              "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark)}
+              "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark), "follow": as_dict(job.follow),
+              "source": as_dict(job.source)}
+    extra = {"windows": result["windows"], "follow": result["follow"]} if "windows" in result else {}
     return {"mode": "train", "config": config, "spark": where, "world_size": result["world_size"],
-            "restarts": restarts, "epochs": result["epochs"], "final": result["final"],
+            "restarts": restarts, "epochs": result["epochs"], **extra, "final": result["final"],
             "model": result["model"], "bad_records": {**result["bad_records"], "dlq_topic": dlq,
                                                       "dlq_value_dropped": value_dropped},
             "missing_records": missing, "attempts": attempts}
+
+
+def follow_start(kcfg: KafkaConfig, m: manifest.Manifest, cfg: FollowConfig) -> dict[int, int]:
+    """Partition -> the first offset a --follow run trains: the log start (earliest),
+    the high watermark now (latest), the end of the manifest's snapshot (manifest),
+    or the first offset at or after a time (offsets_for_times)."""
+    parts = kafka.topics(kcfg).get(m.topic)
+    if parts is None:
+        raise UserError(f"topic {m.topic} does not exist on {kcfg.bootstrap_servers}")
+    bounds = kafka.partition_bounds(kcfg, m.topic, range(parts), group_id="ddp_kbit.follow-start")
+    if cfg.start_at == "earliest":
+        return {p: lo for p, (lo, _) in bounds.items()}
+    if cfg.start_at == "latest":
+        return {p: hi for p, (_, hi) in bounds.items()}
+    if cfg.start_at == "manifest":
+        return {p: max(bounds[p][0], m.partitions.get(p, (0, bounds[p][0]))[1]) for p in bounds}
+    with kafka.make_consumer(kcfg, group_id="ddp_kbit.follow-start") as consumer:
+        found = consumer.offsets_for_times([(m.topic, p) for p in bounds], cfg.start_time_ms())
+    return {p: found[(m.topic, p)] if found[(m.topic, p)] is not None else bounds[p][1] for p in bounds}
 
 
 def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, transforms=()) -> dict:
     """``kcfg``: the job's Kafka config with reachable servers (the embedded broker's, if any)."""
     manifests, missing = {}, []
     for split, m in resolve_topics(kcfg, job.data, job.general.progress, job.source).items():
+        if job.train.follow and split == "train":
+            manifests[split] = m   # a followed topic grows past its manifest: the broker says what is there
+            continue
         manifests[split], gone = manifest.check_on_broker(kcfg, m, job.data.allow_missing_records)
         missing += gone
     spec = build_spec(job, kcfg, manifests, run_dir, model, transforms)
+    if job.train.follow:
+        spec = replace(spec, follow=job.follow, follow_start=follow_start(kcfg, manifests["train"], job.follow))
+        log.info("following %s from %s", spec.train_topic.topic, spec.follow_start)
     log.info("training on %s (%d records, %d partitions), testing on %s; %d processes, %s",
              manifests["train"].topic, manifests["train"].record_count, len(manifests["train"].partitions),
              manifests["test"].topic, job.spark.num_processes, "barrier mode" if job.spark.distributed else "local mode")

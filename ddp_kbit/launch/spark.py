@@ -251,9 +251,11 @@ def available_ranks(cfg: SparkConfig) -> int:
     return wait_for_slots(get_session(cfg).sparkContext, cfg.num_processes, cfg.launch_timeout_s, at_least=1)
 
 
-def launch(cfg: SparkConfig, train_fn, spec) -> tuple[dict, dict]:
+def launch(cfg: SparkConfig, train_fn, spec, stop_file: str | None = None) -> tuple[dict, dict]:
     """Run ``train_fn(spec)`` on ``num_processes`` ranks; returns the result and where
-    it ran (master, application id, Spark version, mode) for the report."""
+    it ran (master, application id, Spark version, mode) for the report. With
+    ``stop_file`` (continuous training) SIGINT/SIGTERM ask the ranks to stop
+    gracefully (they watch the file) instead of cancelling them."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     launched_at = time.time()
@@ -265,11 +267,43 @@ def launch(cfg: SparkConfig, train_fn, spec) -> tuple[dict, dict]:
     distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=not cfg.distributed,
                                    use_gpu=cfg.gpu)
     distributor.logger.setLevel(logging.WARNING)
+    if stop_file is not None:
+        if cfg.distributed:
+            wait_for_slots(sc, cfg.num_processes, cfg.launch_timeout_s)
+        with stop_on_signal(stop_file) as stopped:
+            result = distributor.run(fn, *args)
+        return result, where | {"stopped_by": stopped.get("signal")}
     if not cfg.distributed:  # local mode: Ctrl-C raises at once and the torchrun child is terminated
         return distributor.run(fn, *args), where
     wait_for_slots(sc, cfg.num_processes, cfg.launch_timeout_s)
     with cancel_on_interrupt(sc):
         return distributor.run(fn, *args), where
+
+
+@contextlib.contextmanager
+def stop_on_signal(stop_file: str):
+    """SIGINT or SIGTERM: write ``stop_file`` (the ranks finish their step, checkpoint,
+    publish and return) and note which; a second one raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    state: dict = {}
+
+    def on_signal(signum, frame):
+        if state:
+            raise KeyboardInterrupt
+        state["signal"] = signal.Signals(signum).name
+        Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(stop_file).write_text(state["signal"])
+        log.warning("%s: stopping after the current step (checkpoint and snapshot first); again to abort",
+                    state["signal"])
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def shipped(fn, arg):

@@ -65,3 +65,12 @@ def gather(obj) -> list:
 
 def all_sum(values: list[float], device: torch.device) -> list[float]:
     return idist.all_reduce(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def broadcast(obj):
+    """Rank 0's ``obj`` on every rank (picklable objects)."""
+    if idist.get_world_size() <= 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -26,7 +26,7 @@ from ignite.engine import Engine
 from ignite.metrics import Accuracy, Loss
 
 from ddp_kbit import logs
-from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, SourceConfig, TrainConfig
+from ddp_kbit.config import CheckpointConfig, DataConfig, FollowConfig, KafkaConfig, SourceConfig, TrainConfig
 from ddp_kbit.data.dataset import KafkaDataset
 from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices
@@ -73,6 +73,8 @@ class RunSpec:
     collective_timeout_s: float = 180.0
     resume_from: str | None = None
     dead_lettered: frozenset = frozenset()   # (topic, partition, offset) already in a DLQ
+    follow: FollowConfig | None = None       # --follow: windows of new records instead of epochs
+    follow_start: dict = field(default_factory=dict)   # partition -> first offset the run trains
 
     @property
     def model_spec(self) -> str:
@@ -83,9 +85,12 @@ class RunSpec:
         return ranges_to_slices(self.train_topic.topic, self.train_topic.partitions)
 
     def belongs_to(self) -> dict:
-        """What a checkpoint of this run is for; a resume must match it exactly."""
+        """What a checkpoint of this run is for; a resume must match it exactly (a
+        followed topic grows: its start positions say which run it is)."""
         ranges = lambda m: {str(p): list(r) for p, r in sorted(m.partitions.items())}  # noqa: E731
-        return {"train_topic": self.train_topic.topic, "train_ranges": ranges(self.train_topic),
+        where = {"follow_start": {str(p): o for p, o in sorted(self.follow_start.items())}} if self.follow_start \
+            else {"train_ranges": ranges(self.train_topic)}
+        return {"train_topic": self.train_topic.topic, **where,
                 "test_topic": self.test_topic.topic if self.test_topic else None, "model": self.model_spec,
                 "shape": list(self.train_topic.shape), "dtype": self.train_topic.dtype,
                 "num_classes": self.num_classes}
@@ -121,6 +126,7 @@ class Tally:
     global_step: int
     samples: int = 0
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    correct: torch.Tensor = field(default_factory=lambda: torch.zeros(()))   # before each step: test-then-train
     pending: list = field(default_factory=list)
 
 
@@ -130,7 +136,7 @@ def make_trainer(model, opt, sched, scaler, device, source, *, grad_accum: int =
     """One optimizer step every ``grad_accum`` batches; ``source.mark_used`` is told
     which batches went into a step only after that step, for exact checkpoints. The
     engine's ``tally`` holds its counts."""
-    tally = Tally(global_step, loss_sum=torch.zeros((), device=device))
+    tally = Tally(global_step, loss_sum=torch.zeros((), device=device), correct=torch.zeros((), device=device))
 
     def step(engine: Engine, batch: StreamBatch):
         st = engine.state
@@ -156,6 +162,7 @@ def make_trainer(model, opt, sched, scaler, device, source, *, grad_accum: int =
             tally.pending.clear()
             tally.global_step += 1
         tally.loss_sum += loss.detach() * len(y)
+        tally.correct += (out.detach().argmax(1) == y).sum() if len(y) else 0
         tally.samples += len(y)
         return loss
 
@@ -232,6 +239,10 @@ def _train(spec: RunSpec) -> dict:
     rt.placement = dist.gather(placement(rank))
     if spec.resume_from:
         rt.restore(spec.resume_from)
+    if spec.follow is not None:
+        from ddp_kbit.train.follow import Follower
+
+        return Follower(rt).run()
     for epoch in range(rt.run.epoch, spec.train.epochs):
         rt.train_epoch(epoch)
     return rt.result()
@@ -276,8 +287,11 @@ class RankTrainer:
         self.model = model
         self.transforms = Transforms(spec.transforms, builtin_augment=cfg.augment)
         shuffle = Shuffle.of(spec.data)
-        steps = plan_epoch(spec.train_slices, world, cfg.batch_size, cfg.seed, 0, shuffle)[rank].num_batches
-        self.opt, self.sched = build_optimizer(cfg, model.parameters(), cfg.epochs * steps // cfg.grad_accum)
+        if spec.follow is None:
+            steps = plan_epoch(spec.train_slices, world, cfg.batch_size, cfg.seed, 0, shuffle)[rank].num_batches
+            self.opt, self.sched = build_optimizer(cfg, model.parameters(), cfg.epochs * steps // cfg.grad_accum)
+        else:   # an unbounded run has no total step count: a constant learning rate
+            self.opt, self.sched = build_optimizer(dataclasses.replace(cfg, lr_schedule="none"), model.parameters(), 1)
         self.amp = cfg.amp and use_cuda
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.run = RunProgress(belongs_to=spec.belongs_to())
@@ -288,14 +302,16 @@ class RankTrainer:
         self.final_eval: dict | None = None
         self.forwarded = set(spec.dead_lettered)  # shared with the streams' dead-letter producers
         self.placement: list[dict] = []
-        self.source = source if source is not None else self._kafka(spec.train_topic, cfg.batch_size, spec.data)
+        self.source = source if source is not None or spec.follow is not None else \
+            self._kafka(spec.train_topic, cfg.batch_size, spec.data)
         self.test = self._kafka(spec.test_topic, cfg.eval_batch_size, dataclasses.replace(spec.data, shuffle="none")) \
             if spec.test_topic is not None else None
 
-    def _kafka(self, topic: Manifest, batch: int, data: DataConfig) -> KafkaDataset:
+    def _kafka(self, topic: Manifest, batch: int, data: DataConfig, slices=None) -> KafkaDataset:
         return KafkaDataset(topic, kafka=self.spec.kafka, data=data, batch_size=batch, rank=self.rank,
                             world_size=self.world, seed=self.cfg.seed, num_classes=self.spec.num_classes,
-                            pin_memory=self.device.type == "cuda", forwarded=self.forwarded, source=self.spec.source)
+                            pin_memory=self.device.type == "cuda", forwarded=self.forwarded, source=self.spec.source,
+                            slices=slices)
 
     def restore(self, path: str) -> None:
         checkpoint.restore(path, self.to_save)
@@ -316,32 +332,11 @@ class RankTrainer:
 
     # ------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int, evaluate: bool = True) -> None:
-        cfg, spec, start = self.cfg, self.spec, dataclasses.replace(self.run)
-        ds = self.source
-        ds.resume(epoch, [c.slice for c in start.consumed])
-        trainer = make_trainer(self.model, self.opt, self.sched, self.scaler, self.device, ds,
-                               grad_accum=cfg.grad_accum, amp=self.amp, transforms=self.transforms,
-                               label_smoothing=cfg.label_smoothing, global_step=start.global_step, seed=cfg.seed,
-                               epoch=epoch, rank=self.rank)
-        t0 = time.perf_counter()
-
-        def save_mid_epoch(engine: Engine) -> None:
-            self.snapshot(start, engine, ds, t0)
-            self.checkpointer(engine)
-
-        if spec.checkpoint.every:
-            attach_every_steps(trainer, spec.checkpoint.every, save_mid_epoch)
-        if spec.progress and self.rank == 0:
-            attach_progress(trainer, f"epoch {epoch + 1}/{cfg.epochs}")
-        attach_heartbeat(trainer, lambda: rankfiles.beat(spec.run_dir, self.rank))
-        attach_user_handlers(trainer, spec.handlers, HandlerContext(self.rank, self.world, epoch, spec.run_dir,
-                                                                    spec.checkpoint.dir))
-        if len(ds):   # empty: a resume right at the end of an epoch, nothing left to train
-            trainer.run(ds, max_epochs=1, epoch_length=len(ds))
-        stats = self.snapshot(start, trainer, ds, t0)
+        start = dataclasses.replace(self.run)
+        self.source.resume(epoch, [c.slice for c in start.consumed])
+        trainer, stats = self.run_pass(epoch, self.source, start, f"epoch {epoch + 1}/{self.cfg.epochs}")
         self.final_eval = self.evaluate() if evaluate else {"val_loss": float("nan"), "val_accuracy": float("nan")}
-        # what every rank forwarded this epoch: no later epoch forwards it again
-        self.forwarded |= set().union(*dist.gather(self.forwarded))
+        self.share_forwarded()
         record = epoch_record(epoch, stats, self.world, self.run.consumed, self.final_eval)
         if self.rank == 0:
             log.info("epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f  %.0f samples/s  data wait %.1f%%",
@@ -350,6 +345,38 @@ class RankTrainer:
         self.run.history = self.run.history + [record]
         self.run.epoch, self.run.consumed, self.run.partial = epoch + 1, [], EpochStats()
         self.checkpointer(trainer)
+
+    def run_pass(self, key: int, ds, start: RunProgress, desc: str, handlers=()) -> tuple[Engine, EpochStats]:
+        """Train on every batch of ``ds`` (an epoch, or a window of ``--follow``) with the
+        step checkpoints, progress, heartbeat and user handlers; ``key`` seeds the
+        transforms. Returns the trainer and the pass's stats over all ranks."""
+        cfg, spec = self.cfg, self.spec
+        trainer = make_trainer(self.model, self.opt, self.sched, self.scaler, self.device, ds,
+                               grad_accum=cfg.grad_accum, amp=self.amp, transforms=self.transforms,
+                               label_smoothing=cfg.label_smoothing, global_step=start.global_step, seed=cfg.seed,
+                               epoch=key, rank=self.rank)
+        t0 = time.perf_counter()
+
+        def save_mid_pass(engine: Engine) -> None:
+            self.snapshot(start, engine, ds, t0)
+            self.checkpointer(engine)
+
+        if spec.checkpoint.every:
+            attach_every_steps(trainer, spec.checkpoint.every, save_mid_pass)
+        if spec.progress and self.rank == 0:
+            attach_progress(trainer, desc)
+        attach_heartbeat(trainer, lambda: rankfiles.beat(spec.run_dir, self.rank))
+        for attach in handlers:
+            attach(trainer)
+        attach_user_handlers(trainer, spec.handlers, HandlerContext(self.rank, self.world, key, spec.run_dir,
+                                                                    spec.checkpoint.dir))
+        if len(ds):   # empty: a resume right at the end of a pass, nothing left to train
+            trainer.run(ds, max_epochs=1, epoch_length=len(ds))
+        return trainer, self.snapshot(start, trainer, ds, t0)
+
+    def share_forwarded(self) -> None:
+        """What every rank dead-lettered: no later pass forwards it again."""
+        self.forwarded |= set().union(*dist.gather(self.forwarded))
 
     def snapshot(self, start: RunProgress, engine: Engine, ds, t0: float) -> EpochStats:
         """Bring ``self.run`` up to this point of the epoch, over all ranks

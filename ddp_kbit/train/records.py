@@ -85,6 +85,7 @@ class RunProgress:
     bad_records: list[tuple] = field(default_factory=list)
     partial: EpochStats = field(default_factory=EpochStats)  # stats of this epoch before a resume
     belongs_to: dict = field(default_factory=dict)
+    follow: dict = field(default_factory=dict)   # --follow: start, position, the open window, published
 
     @property
     def bad(self) -> BadRecords:
@@ -98,7 +99,7 @@ class RunProgress:
         return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "global_step": self.global_step,
                 "consumed": pack_consumed(self.consumed), "history": self.history,
                 "bad_records": [list(b) for b in self.bad_records], "partial": self.partial.to_dict(),
-                "belongs_to": self.belongs_to}
+                "belongs_to": self.belongs_to, "follow": self.follow}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != CHECKPOINT_VERSION:
@@ -112,6 +113,7 @@ class RunProgress:
         self.history = list(state["history"])
         self.bad_records = [tuple(b) for b in state["bad_records"]]
         self.partial = EpochStats.from_dict(state["partial"])
+        self.follow = dict(state.get("follow") or {})
 
 
 def pack_consumed(consumed: list[ConsumedRange]) -> dict:
