@@ -155,9 +155,9 @@ class Follower:
                          record["samples_per_s"], record["prequential_accuracy"],
                          record["lag"]["records_behind_at_end"])
         rt.final_eval = {"val_loss": ev["val_loss"], "val_accuracy": ev["val_accuracy"]}
-        rt.checkpointer(trainer)
-        if complete or self.stopped:
+        if complete or self.stopped:   # before the checkpoint, so the checkpoint's lineage names the snapshot
             self.publish(w, rt.run.history[-1] if complete else None)
+        rt.checkpointer(trainer)
 
     def _stop_check(self, trainer) -> None:
         """Every 10 steps the ranks agree whether to stop (a signal may reach one rank only)."""
@@ -208,32 +208,36 @@ class Follower:
     # ------------------------------------------------------------ snapshots
     def publish(self, w: WindowSpec, record: dict | None) -> None:
         """``model-<window>.pt`` and ``latest.json`` (atomic), and a record on
-        ``--model-topic``; skipped when worse than the last one by more than the tolerance."""
+        ``--model-topic``; skipped when worse than the last one by more than the
+        tolerance. Every rank decides alike (the metrics are the world's); rank 0 writes."""
         cfg, rt = self.cfg, self.rt
-        if rt.rank != 0 or not cfg.publish_model:
+        if not cfg.publish_model:
             return
         metric = (record or {}).get("val_accuracy")
         metric = metric if metric is not None else (record or {}).get("prequential_accuracy")
         last = rt.run.follow.get("published")
         if cfg.publish_tolerance is not None and last and metric is not None and last.get("metric") is not None \
                 and metric < last["metric"] - cfg.publish_tolerance:
-            log.info("window %d not published: %.4f is more than %.4f below %.4f", w.index + 1, metric,
-                     cfg.publish_tolerance, last["metric"])
+            if rt.rank == 0:
+                log.info("window %d not published: %.4f is more than %.4f below %.4f", w.index + 1, metric,
+                         cfg.publish_tolerance, last["metric"])
             return
         out = Path(cfg.publish_model)
-        out.mkdir(parents=True, exist_ok=True)
         path = out / f"model-{w.index + 1:06d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(getattr(rt.model, "module", rt.model).state_dict(), tmp)
-        os.replace(tmp, path)
         latest = {"window": w.index + 1, "path": str(path), "model": rt.spec.model_spec, "topic": self.topic.topic,
                   "offsets": dict(rt.run.follow["position"]), "complete": record is not None, "metric": metric,
                   "metrics": {k: (record or {}).get(k) for k in ("val_accuracy", "prequential_accuracy",
-                                                                 "train_loss")}, "published_at": time.time()}
-        write_json(out / "latest.json", latest)
+                                                                 "train_loss")}}
         rt.run.follow["published"] = latest
         if record is not None:
             record["published"] = str(path)
+        if rt.rank != 0:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(getattr(rt.model, "module", rt.model).state_dict(), tmp)
+        os.replace(tmp, path)
+        write_json(out / "latest.json", {**latest, "published_at": time.time()})
         if cfg.model_topic:
             with kafka.make_producer(self.spec.kafka) as producer:
                 producer.send(cfg.model_topic, json.dumps(latest).encode(), key=self.topic.topic.encode())
