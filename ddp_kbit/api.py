@@ -32,7 +32,8 @@ ALIASES = {"checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every": ("checkp
            "max_restarts": ("checkpoint", "max_restarts"), "resume": ("checkpoint", "resume"),
            "spark_conf": ("spark", "conf"), "spark_conf_dir": ("spark", "conf_dir"),
            "handler": ("train", "handlers"), "transform": ("train", "transforms"),
-           "until_idle": ("follow", "until_idle_s")}
+           "until_idle": ("follow", "until_idle_s"), "metrics_port": ("metrics", "port"),
+           "commit_group": ("metrics", "commit_group")}
 # where a field name found in several sections goes (the study's own keys need experiment={...})
 SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark", "source", "follow")
 

@@ -443,6 +443,23 @@ class InspectConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Operating a run: Prometheus metrics and committed offsets for lag tools."""
+
+    port: int | None = None           # the driver serves /metrics here; rank r serves on port + 1 + r
+    commit_group: str | None = None   # consumer group for trained offsets (default ddp_kbit.<train topic>; none: off)
+
+    def __post_init__(self):
+        if self.port is not None and not 1 <= self.port <= 65000:
+            raise ConfigError(f"metrics port must be within 1..65000; got {self.port}")
+
+    def group_for(self, topic: str) -> str | None:
+        if self.commit_group == "none":
+            return None
+        return self.commit_group or f"ddp_kbit.{topic}"
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything ``ddp-kbit`` runs with, one part per section (torchtitan-style)."""
 
@@ -456,6 +473,7 @@ class JobConfig:
     source: SourceConfig = SourceConfig()
     inspect: InspectConfig = InspectConfig()
     follow: FollowConfig = FollowConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def sections_of(cls) -> dict[str, type]:

@@ -33,6 +33,7 @@ from ddp_kbit.config import (  # noqa: E402
     FollowConfig,
     InspectConfig,
     JobConfig,
+    MetricsConfig,
     SourceConfig,
     SparkConfig,
     TrainConfig,
@@ -186,6 +187,16 @@ def add_follow_args(p: argparse.ArgumentParser) -> None:
         help="do not score each batch before its step (prequential, test-then-train accuracy)")
 
 
+def add_metrics_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("operating a run ([metrics])")
+    opt = lambda name, *flags, **kw: cli.option(g, "metrics", MetricsConfig, name, *flags, **kw)  # noqa: E731
+    opt("port", "--metrics-port", type=int, metavar="P", help="serve Prometheus metrics: the driver's /metrics on P "
+        "gathers every rank's (rank r also serves its own on P+1+r); off by default")
+    opt("commit_group", metavar="GROUP", help="after each checkpoint, commit the trained offsets to this consumer "
+        "group so lag tools see the run (default ddp_kbit.<train topic>; none: off); never read back: checkpoints "
+        "are the source of truth")
+
+
 def add_spark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("spark")
     opt = lambda name, *flags, **kw: cli.option(g, "spark", SparkConfig, name, *flags, **kw)  # noqa: E731
@@ -247,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_train_args(p)
     add_follow_args(p)
+    add_metrics_args(p)
     add_spark_args(p)
     add_experiment_args(p)
     add_source_args(p)

@@ -91,6 +91,7 @@ class KafkaDataset(IterableDataset):
                 else manifests.resolve(kafka, topic)
             topic, self.missing = manifests.check_on_broker(kafka, found, allow)
         self.source, self._slices = source, slices
+        self.replay_before: dict | None = None   # a window: partition -> its first new offset
         self.manifest = topic
         self.kafka, self.data, self.batch_size, self.seed = kafka, data, batch_size, seed
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -109,6 +110,13 @@ class KafkaDataset(IterableDataset):
         if self._slices is not None:
             return list(self._slices)
         return ranges_to_slices(self.manifest.topic, self.manifest.partitions)
+
+    @property
+    def new_slices(self) -> list[Slice]:
+        """What this dataset covers for committed offsets and lag: its own slices, or a
+        window's new records (the ones at or after each partition's window start)."""
+        return self.slices if self.replay_before is None else \
+            [s for s in self.slices if s.partition in self.replay_before and s.start >= self.replay_before[s.partition]]
 
     @property
     def shuffle(self) -> Shuffle:
@@ -218,6 +226,10 @@ class KafkaDataset(IterableDataset):
     @property
     def bad(self):
         return self._stream.bad if self._stream is not None else None
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._stream.dead_lettered if self._stream is not None else 0
 
     @property
     def used_bad(self) -> list:

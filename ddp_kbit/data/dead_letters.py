@@ -107,6 +107,7 @@ class DeadLetters:
         self._factory = producer_factory or (lambda: kafka.make_producer(kcfg))
         self._producer, self._made = None, set()
         self.known = known if known is not None else set()
+        self.sent = 0
 
     def send(self, tp: tuple, offset: int, key: bytes | None, value: bytes | None, headers: list | None,
              err: DecodeError) -> None:
@@ -124,6 +125,7 @@ class DeadLetters:
             except ClientError as exc:
                 log.warning("cannot create %s: %s", topic, exc)
             self._made.add(topic)
+        self.sent += 1
         out = dead_letter_headers(tp, offset, headers, err)
         if record_size(key, value, out) > self.max_bytes:
             self._send_without_value(topic, key, value, out, f"{len(value)} bytes exceed the dead-letter limit of "

@@ -218,6 +218,10 @@ class KafkaStreamDataset(IterableDataset):
     def __len__(self) -> int:
         return self.plan.num_batches
 
+    @property
+    def dead_lettered(self) -> int:
+        return self._dead_letters.sent
+
     def mark_used(self, batch: StreamBatch) -> None:
         """Call after the optimizer step that consumed ``batch`` (batches in order)."""
         if batch.step != self.steps:

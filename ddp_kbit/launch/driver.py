@@ -15,6 +15,7 @@ from ddp_kbit.data.publish import ensure_published
 from ddp_kbit.data.source import describe
 from ddp_kbit.errors import UserError
 from ddp_kbit.launch import spark
+from ddp_kbit.launch.metrics import DriverMetrics
 from ddp_kbit.train import checkpoint, models, rankfiles, usercode
 from ddp_kbit.train.follow import STOP_FILE
 from ddp_kbit.train.loop import RunSpec, train_fn
@@ -99,7 +100,7 @@ def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path
     return RunSpec(kafka=kcfg, data=job.data, train=job.train,
                    checkpoint=replace(job.checkpoint, dir=str(ckpt_dir)), train_topic=train, test_topic=test,
                    num_classes=classes, run_dir=str(run_dir), model=model, transforms=transforms, handlers=handlers,
-                   source=job.source,
+                   source=job.source, metrics=job.metrics,
                    log_level=job.general.log_level,
                    progress=job.general.progress, use_gpu=job.spark.gpu,
                    collective_timeout_s=job.spark.collective_timeout_s,
@@ -112,7 +113,19 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
     as many as asked once it is back). Returns the result, the restarts, and every
     attempt's world size and error."""
     restarts, attempts, scfg = 0, [], job.spark
+    Path(spec.checkpoint.dir).mkdir(parents=True, exist_ok=True)
+    metrics = DriverMetrics(job.metrics.port, spec.checkpoint.dir) if job.metrics.port else None
+    try:
+        return _attempts(job, spec, scfg, restarts, attempts, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close(Path(spec.run_dir) / "metrics.prom")
+
+
+def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list, metrics):
     while True:
+        if metrics is not None:
+            metrics.world.set(scfg.num_processes)
         rankfiles.clear(spec.run_dir)
         Path(spec.checkpoint.dir, STOP_FILE).unlink(missing_ok=True)
         # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
@@ -137,6 +150,8 @@ def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict],
                 raise UserError(f"training failed after {restarts} restart(s): {reason}") from None
             found = checkpoint.latest(spec.checkpoint.dir)
             restarts += 1
+            if metrics is not None:
+                metrics.restarts.inc()
             log.warning("training failed (%s); restart %d/%d from %s", reason, restarts, job.checkpoint.max_restarts,
                         found or "the beginning")
             if scfg.distributed:  # elastic: the slots the cluster has now

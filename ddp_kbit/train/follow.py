@@ -133,12 +133,15 @@ class Follower:
     def train_window(self, w: WindowSpec) -> None:
         rt, start = self.rt, dataclasses.replace(self.rt.run)
         ds = rt._kafka(self.topic, rt.cfg.batch_size, self.spec.data, slices=[*w.new, *w.replay])
+        ds.replay_before = {s.partition: s.start for s in w.new}
         ds.resume(w.index, [c.slice for c in start.consumed])
         t_open = time.time()
         trainer, stats = rt.run_pass(w.index, ds, start, f"window {w.index + 1}", handlers=[self._stop_check])
         complete = ds.steps >= ds.plan.num_batches
         tally = trainer.tally
         correct, samples = dist.all_sum([float(tally.correct), tally.samples], rt.device)
+        if rt.metrics is not None:
+            rt.metrics.prequential.labels(str(rt.rank)).set(correct / max(samples, 1))
         ev = rt.evaluate() if self.spec.test_topic is not None else {"val_loss": None, "val_accuracy": None}
         rt.share_forwarded()
         if complete:
@@ -157,7 +160,7 @@ class Follower:
         rt.final_eval = {"val_loss": ev["val_loss"], "val_accuracy": ev["val_accuracy"]}
         if complete or self.stopped:   # before the checkpoint, so the checkpoint's lineage names the snapshot
             self.publish(w, rt.run.history[-1] if complete else None)
-        rt.checkpointer(trainer)
+        rt.checkpoint(trainer)
 
     def _stop_check(self, trainer) -> None:
         """Every 10 steps the ranks agree whether to stop (a signal may reach one rank only)."""

@@ -25,8 +25,16 @@ import torch.nn.functional as F
 from ignite.engine import Engine
 from ignite.metrics import Accuracy, Loss
 
-from ddp_kbit import logs
-from ddp_kbit.config import CheckpointConfig, DataConfig, FollowConfig, KafkaConfig, SourceConfig, TrainConfig
+from ddp_kbit import kafka, logs
+from ddp_kbit.config import (
+    CheckpointConfig,
+    DataConfig,
+    FollowConfig,
+    KafkaConfig,
+    MetricsConfig,
+    SourceConfig,
+    TrainConfig,
+)
 from ddp_kbit.data.dataset import KafkaDataset
 from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices
@@ -40,6 +48,7 @@ from ddp_kbit.train.handlers import (
     attach_progress,
     attach_user_handlers,
 )
+from ddp_kbit.train.metrics import RankMetrics
 from ddp_kbit.train.models import make_model, parameter_count, spec_name
 from ddp_kbit.train.records import EpochStats, RunProgress, epoch_record
 from ddp_kbit.train.transforms import Transforms, batch_generator
@@ -67,6 +76,7 @@ class RunSpec:
     transforms: tuple = ()                 # CodeRefs or callables
     handlers: tuple[CodeRef, ...] = ()
     source: SourceConfig = SourceConfig()    # registry credentials of foreign topics (never in a manifest)
+    metrics: MetricsConfig = MetricsConfig()
     log_level: str = "INFO"
     progress: bool = True
     use_gpu: bool = False
@@ -239,13 +249,17 @@ def _train(spec: RunSpec) -> dict:
     rt.placement = dist.gather(placement(rank))
     if spec.resume_from:
         rt.restore(spec.resume_from)
-    if spec.follow is not None:
-        from ddp_kbit.train.follow import Follower
+    try:
+        if spec.follow is not None:
+            from ddp_kbit.train.follow import Follower
 
-        return Follower(rt).run()
-    for epoch in range(rt.run.epoch, spec.train.epochs):
-        rt.train_epoch(epoch)
-    return rt.result()
+            return Follower(rt).run()
+        for epoch in range(rt.run.epoch, spec.train.epochs):
+            rt.train_epoch(epoch)
+        return rt.result()
+    finally:
+        if rt.metrics is not None:
+            rt.metrics.close()
 
 
 class MemoryBatches:
@@ -301,6 +315,8 @@ class RankTrainer:
         self.checkpointer = checkpoint.checkpointer(spec.checkpoint.dir, self.to_save, spec.checkpoint.keep)
         self.final_eval: dict | None = None
         self.forwarded = set(spec.dead_lettered)  # shared with the streams' dead-letter producers
+        self.metrics = RankMetrics(spec.metrics.port, rank, spec.checkpoint.dir) if spec.metrics.port else None
+        self._committer, self.committed, self.lag = None, {}, {}
         self.placement: list[dict] = []
         self.source = source if source is not None or spec.follow is not None else \
             self._kafka(spec.train_topic, cfg.batch_size, spec.data)
@@ -327,6 +343,8 @@ class RankTrainer:
         ev = make_evaluator(self.model, self.device, self.transforms)
         if len(self.test):
             ev.run(self.test, max_epochs=1, epoch_length=len(self.test))
+            if self.metrics is not None:
+                self.metrics.accuracy.labels(str(self.rank)).set(float(ev.state.metrics["accuracy"]))
             return {"val_loss": float(ev.state.metrics["loss"]), "val_accuracy": float(ev.state.metrics["accuracy"])}
         return {"val_loss": float("nan"), "val_accuracy": float("nan")}
 
@@ -344,7 +362,7 @@ class RankTrainer:
                      record["samples_per_s"], 100 * record["data_wait_fraction"])
         self.run.history = self.run.history + [record]
         self.run.epoch, self.run.consumed, self.run.partial = epoch + 1, [], EpochStats()
-        self.checkpointer(trainer)
+        self.checkpoint(trainer)
 
     def run_pass(self, key: int, ds, start: RunProgress, desc: str, handlers=()) -> tuple[Engine, EpochStats]:
         """Train on every batch of ``ds`` (an epoch, or a window of ``--follow``) with the
@@ -359,13 +377,15 @@ class RankTrainer:
 
         def save_mid_pass(engine: Engine) -> None:
             self.snapshot(start, engine, ds, t0)
-            self.checkpointer(engine)
+            self.checkpoint(engine)
 
         if spec.checkpoint.every:
             attach_every_steps(trainer, spec.checkpoint.every, save_mid_pass)
         if spec.progress and self.rank == 0:
             attach_progress(trainer, desc)
         attach_heartbeat(trainer, lambda: rankfiles.beat(spec.run_dir, self.rank))
+        if self.metrics is not None:
+            self.metrics.attach(trainer, ds, spec.train_topic.topic, key, spec.follow is not None)
         for attach in handlers:
             attach(trainer)
         attach_user_handlers(trainer, spec.handlers, HandlerContext(self.rank, self.world, key, spec.run_dir,
@@ -373,6 +393,34 @@ class RankTrainer:
         if len(ds):   # empty: a resume right at the end of a pass, nothing left to train
             trainer.run(ds, max_epochs=1, epoch_length=len(ds))
         return trainer, self.snapshot(start, trainer, ds, t0)
+
+    def checkpoint(self, engine: Engine) -> None:
+        """An atomic checkpoint, then (rank 0) the trained offsets committed for lag tools
+        and the lag gauge; the commit is never read back: checkpoints are the truth."""
+        self.checkpointer(engine)
+        if self.metrics is not None:
+            self.metrics.set_lag(self.spec.train_topic.topic, self.lag)
+        group = self.spec.metrics.group_for(self.spec.train_topic.topic)
+        if self.rank == 0 and group and self.committed:
+            try:
+                if self._committer is None:
+                    self._committer = kafka.make_consumer(self.spec.kafka, group_id=group)
+                self._committer.commit({(self.spec.train_topic.topic, p): o for p, o in self.committed.items()})
+            except UserError as exc:   # lag monitoring is not worth a training run
+                log.warning("could not commit trained offsets to group %s: %s", group, exc)
+
+    def pass_offsets(self, slices, consumed) -> None:
+        """Per partition of this pass: committed = its first offset + records passed in
+        steps (HW - committed is what is left to train), and the lag gauge's count."""
+        trained: dict[int, int] = {}
+        for c in consumed:
+            trained[c.partition] = trained.get(c.partition, 0) + c.end - c.start
+        first, total = {}, {}
+        for s in slices:
+            first[s.partition] = min(first.get(s.partition, s.start), s.start)
+            total[s.partition] = total.get(s.partition, 0) + len(s)
+        self.committed = {p: first[p] + min(trained.get(p, 0), total[p]) for p in first}
+        self.lag = {p: total[p] - min(trained.get(p, 0), total[p]) for p in first}
 
     def share_forwarded(self) -> None:
         """What every rank dead-lettered: no later pass forwards it again."""
@@ -388,6 +436,8 @@ class RankTrainer:
         consumed, bad = zip(*dist.gather((ds.consumed, ds.used_bad)))
         self.run.global_step = tally.global_step
         self.run.consumed = start.consumed + [c for part in consumed for c in part]
+        if hasattr(ds, "new_slices"):
+            self.pass_offsets(ds.new_slices, self.run.consumed)
         self.run.bad_records = start.bad_records + [b for part in bad for b in part]
         self.run.partial = start.partial + now
         return self.run.partial
