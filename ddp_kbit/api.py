@@ -33,7 +33,9 @@ ALIASES = {"checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every": ("checkp
            "spark_conf": ("spark", "conf"), "spark_conf_dir": ("spark", "conf_dir"),
            "handler": ("train", "handlers"), "transform": ("train", "transforms"),
            "until_idle": ("follow", "until_idle_s"), "metrics_port": ("metrics", "port"),
-           "commit_group": ("metrics", "commit_group")}
+           "commit_group": ("metrics", "commit_group"), "model_path": ("evaluate", "model_path"),
+           "predictions_topic": ("evaluate", "predictions_topic"), "topic": ("inspect", "topic"),
+           "limit": ("inspect", "limit")}
 # where a field name found in several sections goes (the study's own keys need experiment={...})
 SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark", "source", "follow")
 
@@ -86,7 +88,9 @@ def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields:
 
 
 def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
-    """The other modes of ``ddp-kbit`` (``publish``: the default topics; ``experiment``: a study)."""
+    """The other modes of ``ddp-kbit``: ``publish`` (the default topics), ``experiment``
+    (a study), ``describe`` (a foreign topic's manifest), ``inspect`` (a look at a
+    topic), ``evaluate`` (a saved model on a test topic)."""
     from ddp_kbit.launch import driver, spark
 
     run_dir = make_run_dir(job.general.run_dir)
@@ -95,6 +99,18 @@ def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
             report = driver.run_publish(job, kcfg)
         elif mode == "describe":
             report = describe(job, kcfg)
+        elif mode == "inspect":
+            from ddp_kbit.data.inspect import inspect_topic
+
+            if not job.inspect.topic:
+                raise ConfigError("--mode inspect needs --topic T")
+            report = {"mode": "inspect", "findings": inspect_topic(kcfg, job.inspect.topic, run_dir,
+                                                                   job.inspect.limit, job.source)}
+        elif mode == "evaluate":
+            from ddp_kbit.launch.evaluate import run_evaluate
+
+            report = run_evaluate(job, kcfg, run_dir, job.evaluate.model_path, job.evaluate.predictions_topic,
+                                  job.inspect.limit)
         elif mode == "experiment":
             from ddp_kbit.experiment.runner import run_study
 
@@ -140,7 +156,11 @@ def write_report(job: JobConfig, run_dir: Path, report: dict) -> dict:
     report.setdefault("config", {"kafka": as_dict(job.kafka), "data": as_dict(job.data)})
     path = write_json(job.general.report or run_dir / "report.json", report)
     report["report_path"] = str(path)
-    if report["mode"] == "train" and report.get("epochs"):
+    if report["mode"] == "train" and report.get("windows"):
+        from ddp_kbit.plots import plot_windows
+
+        plot_windows(report, path.with_suffix(".png"))
+    elif report["mode"] == "train" and report.get("epochs"):
         from ddp_kbit.plots import plot_training
 
         plot_training(report, path.with_suffix(".png"))

@@ -443,6 +443,14 @@ class InspectConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """``--mode evaluate``: which model, and where its predictions go."""
+
+    model_path: str | None = None         # a run's model.pt, or a checkpoint
+    predictions_topic: str | None = None  # one record per input
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Operating a run: Prometheus metrics and committed offsets for lag tools."""
 
@@ -474,6 +482,7 @@ class JobConfig:
     inspect: InspectConfig = InspectConfig()
     follow: FollowConfig = FollowConfig()
     metrics: MetricsConfig = MetricsConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def sections_of(cls) -> dict[str, type]:

@@ -29,6 +29,7 @@ from ddp_kbit.config import (  # noqa: E402
     WORKLOADS,
     CheckpointConfig,
     DataConfig,
+    EvaluateConfig,
     ExperimentConfig,
     FollowConfig,
     InspectConfig,
@@ -45,7 +46,7 @@ from ddp_kbit.errors import EXIT_INTERRUPTED  # noqa: E402
 from ddp_kbit.experiment import presets  # noqa: E402
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS  # noqa: E402
 
-MODES = ("train", "publish", "experiment", "describe")
+MODES = ("train", "publish", "experiment", "describe", "inspect", "evaluate")
 
 
 def names(allowed):
@@ -127,6 +128,11 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     opt("topic", help="the topic to describe or inspect")
     opt("limit", type=int, metavar="N", help="records to read (describe: a sample of 1000 by default; inspect: all)")
     opt("scan", action="store_true", help="describe: read every record, not a sample")
+    g = p.add_argument_group("evaluating a saved model (--mode evaluate)")
+    opt = lambda name, *flags, **kw: cli.option(g, "evaluate", EvaluateConfig, name, *flags, **kw)  # noqa: E731
+    opt("model_path", metavar="PATH", help="a run's model.pt (with --model for its spec) or a checkpoint")
+    opt("predictions_topic", metavar="TOPIC", help="one record per input: its key; JSON index, label, prediction, "
+        "probabilities; headers naming the model and the source record (exactly once, across reruns)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -254,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "train/test topics when their manifests are missing; experiment: a study of what each "
                         "wire format (layout, compression, client, process count) costs, with statistics and plots; "
                         "describe: read a topic we did not write (--topic and the [source] flags), infer its sample "
-                        "type and classes, report bad records, and write its manifest")
+                        "type and classes, report bad records, and write its manifest; inspect: a look at --topic "
+                        "(records per partition, labels, bad records, bytes, a PNG grid, sample_batch.pt); "
+                        "evaluate: --model-path on --test-topic (accuracy, per-class precision/recall, a confusion "
+                        "matrix, --predictions-topic)")
     add_data_args(p)
     add_train_args(p)
     add_follow_args(p)
@@ -284,6 +293,14 @@ def summarize(report: dict) -> str:
         failed = f"; {report['failed']} failed (see results.csv)" if report["failed"] else ""
         return "\n".join([report["table"], "", *report["verdicts"], "",
                           f"{report['rows']} measurements{failed}; study: {report['files']['report_md']}"])
+    if report["mode"] == "inspect":
+        return "\n".join(report["findings"]["summary"])
+    if report["mode"] == "evaluate":
+        pred = report["predictions"]
+        return (f"{report['topic']}: test accuracy {report['test_accuracy']:.4f}, test loss {report['test_loss']:.4f} "
+                f"on {report['records']} records; confusion matrix {report['confusion_png']}"
+                + (f"; {pred['written']} predictions written to {pred['topic']} ({pred['already_there']} already "
+                   "there)" if pred else ""))
     if report["mode"] == "describe":
         f = report["findings"]
         bad = ", ".join(f"{n} {r}" for r, n in f["bad"].items()) or "none"

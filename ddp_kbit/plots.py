@@ -32,6 +32,59 @@ def plot_training(report: dict, path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
+def plot_windows(report: dict, path: str | Path) -> Path:
+    """--follow: accuracy (prequential and test) and lag over time, one point per window."""
+    plt = _pyplot()
+    w = report["windows"]
+    t0 = w[0]["closed_at"] if w else 0
+    t = [x["finished_at"] - t0 for x in w]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
+    a.plot(t, [x["prequential_accuracy"] for x in w], "o-", label="prequential")
+    if any(x.get("val_accuracy") is not None for x in w):
+        a.plot(t, [x.get("val_accuracy") for x in w], "o-", label="test topic")
+    a.set(title="accuracy per window", xlabel="seconds")
+    a.legend()
+    b.plot(t, [sum((x.get("lag") or {}).get("records_behind_at_end", {}).values()) for x in w], "o-", label="records")
+    b2 = b.twinx()
+    b2.plot(t, [(x.get("lag") or {}).get("seconds_behind") for x in w], "r.-", label="seconds")
+    b.set(title="lag after each window: records (blue), seconds (red)", xlabel="seconds")
+    c.bar(range(1, len(w) + 1), [x["samples_per_s"] for x in w])
+    c.set(title="samples/s per window", xlabel="window")
+    fig.suptitle(f"ddp_kbit --follow: {len(w)} window(s), {report['world_size']} process(es)")
+    return _save(plt, fig, path)
+
+
+def plot_confusion(matrix, class_names, path: str | Path, title: str) -> Path:
+    plt = _pyplot()
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted", ylabel="true", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(matrix[i][j])), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i][j] > max(map(max, matrix)) / 2 else "black")
+    fig.colorbar(im, ax=ax)
+    return _save(plt, fig, path)
+
+
+def plot_image_grid(images, labels, names, path: str | Path, title: str, cols: int = 8) -> Path:
+    """Sample images (N x H x W, or N x H x W x C) with their labels."""
+    plt = _pyplot()
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k], cmap="gray" if images[k].ndim == 2 else None)
+            ax.set_title(str(names[labels[k]]) if names else str(labels[k]), fontsize=7)
+    fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
 def _save(plt, fig, path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)

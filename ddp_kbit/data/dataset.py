@@ -64,7 +64,7 @@ class KafkaDataset(IterableDataset):
                  *, rank: int | None = None, world_size: int | None = None, seed: int = 0, shuffle: str | None = None,
                  kafka: KafkaConfig | None = None, data: DataConfig | None = None, num_classes: int | None = None,
                  pin_memory: bool = False, forwarded: set | None = None, allow_missing_records: bool | None = None,
-                 source: SourceConfig | None = None, slices: list[Slice] | None = None):
+                 source: SourceConfig | None = None, slices: list[Slice] | None = None, keep_keys: bool = False):
         """``topic``: a name (its manifest is read, else ranges come from the broker) or a
         :class:`Manifest`. ``kafka``/``data``: full connection and stream settings
         (``bootstrap_servers``, ``shuffle`` override theirs). ``forwarded``: bad records
@@ -90,7 +90,7 @@ class KafkaDataset(IterableDataset):
             found = describe(kafka, topic, source, write=False)[0] if source is not None and source.described \
                 else manifests.resolve(kafka, topic)
             topic, self.missing = manifests.check_on_broker(kafka, found, allow)
-        self.source, self._slices = source, slices
+        self.source, self._slices, self.keep_keys = source, slices, keep_keys
         self.replay_before: dict | None = None   # a window: partition -> its first new offset
         self.manifest = topic
         self.kafka, self.data, self.batch_size, self.seed = kafka, data, batch_size, seed
@@ -167,7 +167,7 @@ class KafkaDataset(IterableDataset):
         if self._stream is None:
             self._stream = KafkaStreamDataset(self.kafka, self.data, self.manifest, self.plan,
                                               num_classes=self.num_classes, pin_memory=self.pin_memory,
-                                              forwarded=self.forwarded, auth=self.source)
+                                              forwarded=self.forwarded, auth=self.source, keep_keys=self.keep_keys)
         return self._stream
 
     def __iter__(self) -> Iterator[StreamBatch]:

@@ -48,6 +48,8 @@ class StreamBatch:
     bad_records: tuple[tuple[str, int, int, str], ...] = ()  # (topic, partition, offset, reason)
     missing: tuple[tuple[str, int, int], ...] = ()            # planned offsets the log does not hold
     offsets: np.ndarray | None = None   # (N, 2) int64: partition and offset of each good record, in batch order
+    keys: list | None = None            # the records' keys (keep_keys only: predictions keyed like their inputs)
+    indices: np.ndarray | None = None   # v1 samples' own index field (keep_keys only; -1 for foreign topics)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -199,13 +201,13 @@ class KafkaStreamDataset(IterableDataset):
     def __init__(self, kafka_cfg: KafkaConfig, data: DataConfig, topic: Manifest, plan: RankPlan,
                  num_classes: int | None = None, pin_memory: bool = False, forwarded: set | None = None,
                  consumer_factory: Callable | None = None, producer_factory: Callable | None = None,
-                 auth: SourceConfig | None = None):
+                 auth: SourceConfig | None = None, keep_keys: bool = False):
         """``forwarded``: (topic, partition, offset) of bad records already in a DLQ;
         shared, and added to as this stream forwards more. ``auth``: Schema Registry
         credentials for a foreign topic's framing."""
         super().__init__()
         self.kafka, self.data, self.topic, self.plan = kafka_cfg, data, topic, plan
-        self.num_classes, self.pin_memory, self.auth = num_classes, pin_memory, auth
+        self.num_classes, self.pin_memory, self.auth, self.keep_keys = num_classes, pin_memory, auth, keep_keys
         self._consumer_factory = consumer_factory or (
             lambda: kafka.make_consumer(kafka_cfg, group_id="ddp_kbit.train", strict=True))
         self._dead_letters = DeadLetters(kafka_cfg, producer_factory, forwarded, data.dlq_max_bytes)
@@ -343,6 +345,10 @@ class KafkaStreamDataset(IterableDataset):
         where = np.stack([np.asarray([tp[1] for tp in window.tps], np.int64)[tp_ix[kept]], planned_offs[kept]], 1) \
             if len(kept) else np.zeros((0, 2), np.int64)
         missing = self._missing(window, planned_at, bounds, order)
+        if self.keep_keys:
+            inputs = decoded.positions[in_order[good]]
+            keys = [reader.consumer.meta(recs[i])[0] for i in inputs.tolist()]
+            indices = decoded.indices[in_order[good]]
         out = []
         for j, size in enumerate(window.sizes):
             a, z = cuts[j], cuts[j + 1]
@@ -350,7 +356,8 @@ class KafkaStreamDataset(IterableDataset):
             if self.pin_memory:
                 x = x.pin_memory()
             out.append(StreamBatch(x, torch.from_numpy(labels[a:z]), step + j, size, tuple(bad[j]), missing[j],
-                                   where[a:z]))
+                                   where[a:z], keys[a:z] if self.keep_keys else None,
+                                   indices[a:z] if self.keep_keys else None))
         return out
 
     @staticmethod

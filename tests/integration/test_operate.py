@@ -122,3 +122,54 @@ def test_metrics_are_scraped_while_training_and_committed_offsets_follow_checkpo
     assert lag == {str(p): 0 for p in train.partitions}                            # a bounded run ends caught up
     assert total(final, "ddp_kbit_restarts_total") == 0 and total(final, "ddp_kbit_eval_accuracy") > 0
     assert committed() == {p: end for p, (_, end) in train.partitions.items()}
+
+
+def test_evaluate_matches_the_runs_accuracy_and_predictions_are_exactly_once(kcfg, spark, topics, tmp_path):
+    from ddp_kbit import api
+
+    train, test = topics
+    report = fit(kcfg, tmp_path / "run", train_topic=train.topic, test_topic=test.topic, epochs=1, num_processes=2)
+    pred_topic = f"predictions.{time.time_ns()}"
+    common = ["--bootstrap-servers", kcfg.bootstrap_servers, "--mode", "evaluate", "--test-topic", test.topic,
+              "--model-path", report["final"]["model"], "--predictions-topic", pred_topic, "--eval-batch-size", "20",
+              "--no-progress", "--log-level", "WARNING"]
+    proc = subprocess.Popen([sys.executable, "-m", "ddp_kbit.main", *common, "--run-dir", str(tmp_path / "a")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and \
+            sum(hi - lo for lo, hi in (kafka.partition_bounds(kcfg, pred_topic, range(2)).values()
+                                       if pred_topic in kafka.topics(kcfg) else [])) == 0:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)   # mid-way (or just after it finished: either way, no duplicates below)
+    proc.communicate()
+    job = api.job_from(bootstrap_servers=kcfg.bootstrap_servers, test_topic=test.topic, run_dir=str(tmp_path / "b"),
+                       model_path=report["final"]["model"], predictions_topic=pred_topic, progress=False)
+    again = api.run_mode("evaluate", job)
+    assert again["test_accuracy"] == pytest.approx(report["final"]["test_accuracy"], abs=1e-9)
+    assert again["records"] == 600 and sum(c["support"] for c in again["per_class"].values()) == 600
+    recs = kafka.read_topic(kcfg, pred_topic, headers=True)
+    keys = sorted(int(r.key) for r in recs)
+    assert keys == list(range(600))                                  # one per input, its own key, none twice
+    value = json.loads(recs[0].value)
+    assert set(value) == {"index", "label", "prediction", "probabilities"} and len(value["probabilities"]) == 10
+    assert value["index"] == int(recs[0].key)
+    assert dict(recs[0].headers)["ddp_kbit.model.spec"] == b"cnn"
+    png = (tmp_path / "b" / "confusion.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_inspect_reports_bad_records_a_png_and_a_sample_batch(kcfg, tmp_path):
+    m = write_topic(kcfg, f"inspect.{time.time_ns()}", [150, 150], bad={4, 77, 200})
+    r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--mode", "inspect", "--topic", m.topic,
+                        "--bootstrap-servers", kcfg.bootstrap_servers, "--run-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{m.topic}: 300 of 300 records read ([0] 150, [1] 150)" in r.stdout
+    assert "bad: 3 malformed (e.g. [0]@4, [0]@77, [1]@50)" in r.stdout
+    found = json.loads((tmp_path / "report.json").read_text())["findings"]
+    assert found["good"] == 297 and sum(found["labels"].values()) == 297 and found["shape"] == [28, 28]
+    png = (tmp_path / "samples.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    batch = torch.load(tmp_path / "sample_batch.pt", weights_only=True)
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (64, 28, 28)
+    assert batch["labels"].dtype == torch.int64 and len(batch["labels"]) == 64
