@@ -28,7 +28,8 @@ def test_compose_services_and_dependencies():
         for dep in svc.get("depends_on", []):
             assert dep in c["services"], f"{name} depends on unknown {dep}"
         for vol in svc.get("volumes", []):
-            assert vol.split(":")[0] in c["volumes"]
+            src = vol.split(":")[0]
+            assert src in c["volumes"] or (src.startswith("./") and (ROOT / src).exists()), vol
 
 
 def test_trainer_command_is_accepted_by_our_cli():
@@ -86,3 +87,26 @@ def test_pack_holds_the_package_and_its_schema_files(tmp_path):
     assert not any(n.startswith("schemas/") for n in names)   # no top-level package of a generic name
     assert not any("__pycache__" in n for n in names)
     assert "from ddp_kbit.main import cli_entry" in main_py.read_text()
+
+
+def test_prometheus_and_grafana_watch_the_trainer_with_metrics_we_export():
+    c = compose()["services"]
+    port = c["trainer"]["command"][c["trainer"]["command"].index("--metrics-port") + 1]
+    scrape = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"trainer:{port}"]
+    assert any(v.startswith("./monitoring/prometheus.yml:") for v in c["prometheus"]["volumes"])
+    assert c["grafana"]["depends_on"] == ["prometheus"] and c["prometheus"]["depends_on"] == ["trainer"]
+    for vol in c["grafana"]["volumes"]:
+        assert (ROOT / vol.split(":")[0]).exists()
+    import json
+
+    dash = json.loads((ROOT / "monitoring" / "grafana" / "dashboards" / "ddp_kbit.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    source = (ROOT / "ddp_kbit" / "train" / "metrics.py").read_text() + \
+        (ROOT / "ddp_kbit" / "launch" / "metrics.py").read_text()
+    for name in set(re.findall(r"ddp_kbit_[a-z_]+", exprs)):
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert f'"{base}"' in source, f"the dashboard asks for {name}, which no rank or driver exports"
+    for want in ("samples_per_second", "data_wait_seconds", "consumer_lag_records", "bad_records", "loss",
+                 "eval_accuracy"):
+        assert f"ddp_kbit_{want}" in exprs
