@@ -384,6 +384,8 @@ class SyntheticConfig:
 
 
 WORKLOADS = ("publish", "ingest", "train")
+# topics we did not write, as study formats (ddp_kbit.experiment.foreign publishes them)
+FOREIGN_SHAPES = ("json-image", "bson-mongo", "avro-user", "avro-confluent", "protobuf-user")
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,7 @@ class ExperimentConfig:
     clients: tuple[str, ...] = ("confluent",)
     workloads: tuple[str, ...] = ("publish", "ingest")
     num_processes: tuple[int, ...] = (1,)
+    shuffles: tuple[str, ...] = ("window",)   # the stream's plans compared (ingest, train)
     iterations: int = 10
     warmup: int = 1
     limit: int | None = None        # records per topic; default the whole split
@@ -411,8 +414,9 @@ class ExperimentConfig:
     confidence: float = 0.95
 
     def __post_init__(self):
-        for name, allowed in (("formats", FORMATS), ("layouts", LAYOUTS), ("compressions", COMPRESSIONS),
-                              ("clients", CLIENTS), ("workloads", WORKLOADS)):
+        for name, allowed in (("formats", FORMATS + FOREIGN_SHAPES), ("layouts", LAYOUTS),
+                              ("compressions", COMPRESSIONS), ("clients", CLIENTS), ("workloads", WORKLOADS),
+                              ("shuffles", SHUFFLES)):
             values = getattr(self, name)
             if not values:
                 raise ConfigError(f"{name} must name at least one of {', '.join(allowed)}")

@@ -22,6 +22,7 @@ from ddp_kbit import cli, logs  # noqa: E402
 from ddp_kbit.config import (  # noqa: E402
     CLIENTS,
     COMPRESSIONS,
+    FOREIGN_SHAPES,
     MODELS,
     OPTIMIZERS,
     SCHEDULES,
@@ -232,7 +233,9 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     found = presets.available()
     opt("preset", metavar="NAME|FILE", help=f"study preset: {', '.join(found) or 'none found'} "
         f"(experiments/<name>.toml), or a .toml file of your own")
-    opt("formats", type=names(FORMATS), metavar="F[,F...]", help=f"wire formats ({', '.join(FORMATS)})")
+    opt("formats", type=names(FORMATS + FOREIGN_SHAPES), metavar="F[,F...]",
+        help=f"wire formats ({', '.join(FORMATS)}), and topics we did not write ({', '.join(FOREIGN_SHAPES)})")
+    opt("shuffles", type=names(SHUFFLES), metavar="S[,S...]", help="the stream's plans to compare (window, none)")
     opt("layouts", type=names(LAYOUTS), metavar="L[,L...]", help="pixel layouts (bytes, list)")
     opt("compressions", type=names(COMPRESSIONS), metavar="C[,C...]",
         help=f"producer compressions ({', '.join(COMPRESSIONS)})")

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from ddp_kbit import kafka
-from ddp_kbit.config import CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
+from ddp_kbit.config import FOREIGN_SHAPES, CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
 from ddp_kbit.data.datasets import Dataset
 from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import Shuffle, plan_epoch, ranges_to_slices
 from ddp_kbit.data.publish import produce_all
 from ddp_kbit.data.stream import KafkaStreamDataset
+from ddp_kbit.experiment import foreign
 from ddp_kbit.experiment.grid import MEMORY, RAW, Condition
 from ddp_kbit.kafka.broker import EmbeddedBroker
 from ddp_kbit.train.loop import MemoryBatches, RankTrainer, RunSpec
@@ -33,7 +34,11 @@ class RawBytes:
 
 
 def codec_for(cond: Condition):
-    return RawBytes() if cond.format == RAW else get_codec(cond.format, cond.layout)
+    if cond.format == RAW:
+        return RawBytes()
+    if cond.format in FOREIGN_SHAPES:
+        return foreign.encoder(cond.format)
+    return get_codec(cond.format, cond.layout)
 
 
 # ------------------------------------------------------------------ driver side
@@ -92,15 +97,20 @@ def measure_rank(side: RankSide, cond: Condition, rank: int, world: int, device,
     if cond.format == MEMORY:
         return ingest_memory(side, rank, world)
     key = (cond.format, cond.layout, cond.compression)
-    topic, cfg = side.topics[key], replace(side.kafka, client=cond.client)
+    topic, cfg, data = side.topics[key], replace(side.kafka, client=cond.client), data_for(side, cond)
     plan = plan_epoch(ranges_to_slices(topic.topic, topic.partitions), world, side.train.batch_size, side.train.seed,
-                      0, Shuffle.of(side.data))[rank]
+                      0, Shuffle.of(data))[rank]
     t0, records = time.perf_counter(), 0
     for _ in range(side.passes):   # each pass with its own consumer, as each epoch of training
         records += raw_drain(cfg, plan) if cond.format == RAW else \
-            stream_drain(cfg, side.data, topic, plan, side.use_gpu)
+            stream_drain(cfg, data, topic, plan, side.use_gpu)
     seconds = time.perf_counter() - t0
     return {"records": records, "seconds": seconds, "bytes": records * side.value_bytes[key]}
+
+
+def data_for(side: RankSide, cond: Condition) -> DataConfig:
+    """The stream settings of a condition: its shuffle (a study may compare plans)."""
+    return side.data if cond.shuffle in ("-", side.data.shuffle) else replace(side.data, shuffle=cond.shuffle)
 
 
 def stream_drain(cfg: KafkaConfig, data: DataConfig, topic: Manifest, plan, pin_memory: bool = False) -> int:
@@ -147,8 +157,9 @@ def train_memory(side: RankSide, rank: int, world: int, device, round_dir: str) 
     return {"records": len(y) * side.train.epochs, "seconds": time.perf_counter() - t0}
 
 
-def _spec(side: RankSide, kcfg: KafkaConfig, topic: Manifest, test: Manifest | None, round_dir: str) -> RunSpec:
-    return RunSpec(kafka=kcfg, data=side.data, train=side.train, checkpoint=_checkpoint_cfg(round_dir),
+def _spec(side: RankSide, kcfg: KafkaConfig, topic: Manifest, test: Manifest | None, round_dir: str,
+          data: DataConfig | None = None) -> RunSpec:
+    return RunSpec(kafka=kcfg, data=data or side.data, train=side.train, checkpoint=_checkpoint_cfg(round_dir),
                    train_topic=topic, test_topic=test, num_classes=side.num_classes, run_dir=side.run_dir,
                    model=side.train.model, progress=False, collective_timeout_s=side.collective_timeout_s,
                    use_gpu=side.use_gpu)
@@ -158,7 +169,8 @@ def train_kafka(side: RankSide, cond: Condition, rank: int, world: int, device, 
     """The real training path (RankTrainer: stream, ignite engine, checkpoints,
     evaluation) for the configured epochs."""
     key = (cond.format, cond.layout, cond.compression)
-    spec = _spec(side, replace(side.kafka, client=cond.client), side.topics[key], side.test_topics[key], round_dir)
+    spec = _spec(side, replace(side.kafka, client=cond.client), side.topics[key], side.test_topics[key], round_dir,
+                 data_for(side, cond))
     rt = RankTrainer(spec, rank, world, device)
     for epoch in range(side.train.epochs):
         rt.train_epoch(epoch)

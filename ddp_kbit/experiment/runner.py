@@ -19,17 +19,18 @@ from pathlib import Path
 import pandas as pd
 
 from ddp_kbit import kafka, logs
-from ddp_kbit.config import ExperimentConfig, JobConfig, KafkaConfig, PublishConfig
+from ddp_kbit.config import FOREIGN_SHAPES, ExperimentConfig, JobConfig, KafkaConfig, PublishConfig
 from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import produce_all, publish
 from ddp_kbit.errors import first_line
-from ddp_kbit.experiment import grid, measure, report, results, stats
+from ddp_kbit.experiment import foreign, grid, measure, report, results, stats
 from ddp_kbit.experiment.grid import RANK_SIDE, RAW, Condition
 from ddp_kbit.files import write_json
 from ddp_kbit.launch import spark
 from ddp_kbit.progress import Progress
 from ddp_kbit.train import dist
+from ddp_kbit.wire.foreign import FOREIGN
 
 log = logging.getLogger("ddp_kbit.experiment")
 
@@ -104,6 +105,8 @@ def ensure_topic(kcfg: KafkaConfig, cfg: ExperimentConfig, key: tuple, ds, split
     name = study_topic(ds.name, split, key, len(ds), cfg.partitions)
     if fmt == RAW:
         return ensure_raw_topic(kcfg, name, key, ds, split, cfg.partitions)
+    if fmt in FOREIGN_SHAPES:
+        return ensure_foreign_topic(kcfg, name, fmt, ds, split, cfg.partitions, comp, known)
     for m in known.values():
         if (m.dataset, m.split, m.format, m.layout, m.compression, m.num_samples, len(m.partitions)) == \
                 (ds.name, split, fmt, layout, comp, len(ds), cfg.partitions):
@@ -113,6 +116,27 @@ def ensure_topic(kcfg: KafkaConfig, cfg: ExperimentConfig, key: tuple, ds, split
     pcfg = PublishConfig(dataset=ds.name, split=split, format=fmt, layout=layout, topic=name,
                          partitions=cfg.partitions, compression=comp, force=True)
     return publish(kcfg, pcfg, ds, progress=False).manifest
+
+
+def ensure_foreign_topic(kcfg: KafkaConfig, name: str, shape: str, ds, split: str, partitions: int, comp: str,
+                         known: dict):
+    """A topic of one of a user's shapes (our producer not involved in the values) and
+    its foreign manifest, as ``--mode describe`` would write it; reused by name and size."""
+    if name in known and known[name].num_samples == len(ds):
+        return known[name]
+    with kafka.make_admin(kcfg) as admin:
+        admin.create_topic(name, partitions)
+    classes = tuple(ds.class_names) if ds.class_names else ()
+    with kafka.make_producer(kcfg, comp) as producer:
+        produce_all(producer, foreign.encoder(shape, classes), ds, name, partitions, progress=False)
+        bounds = producer.report.ranges_of(name)
+    source = foreign.source_of(shape, ds.shape, str(ds.images.dtype), ds.num_classes, classes)
+    m = manifest.Manifest(topic=name, dataset=ds.name, split=split, format=FOREIGN, layout="foreign",
+                          num_samples=len(ds), shape=ds.shape, dtype=str(ds.images.dtype), num_classes=ds.num_classes,
+                          class_names=ds.class_names, partitions=dict(sorted(bounds.items())), compression=comp,
+                          schema=manifest.FOREIGN_SCHEMA, description=source.to_dict())
+    manifest.write(kcfg, m)
+    return m
 
 
 def ensure_raw_topic(kcfg: KafkaConfig, name: str, key, ds, split: str, partitions: int):
@@ -200,7 +224,8 @@ def record_missing(csv: Path, conds, rounds, error: str) -> None:
     done = set()
     if csv.exists():
         rows = pd.read_csv(csv, keep_default_na=False)
-        done = {(Condition(*r[:6]), int(r[6])) for r in rows[[*grid.COLUMNS, "iteration"]].itertuples(index=False)}
+        n = len(grid.COLUMNS)
+        done = {(Condition(*r[:n]), int(r[n])) for r in rows[[*grid.COLUMNS, "iteration"]].itertuples(index=False)}
     for iteration, warm in rounds:
         for cond in conds:
             if (cond, iteration) not in done:

@@ -54,8 +54,12 @@ def test_grid_adds_raw_and_memory_baselines():
     assert not any(c.workload == "train" and c.format == "raw" for c in conds)
     assert len(conds) == len(set(conds)) == 3 + (3 * 2 + 2) + (2 * 2 + 2)
     json1 = Condition("ingest", "json", "bytes", "none", "confluent", 2)
-    assert grid.baseline_of(json1, "raw") == Condition("ingest", "raw", "bytes", "none", "confluent", 2)
-    assert grid.baseline_of(json1, "memory") == Condition("ingest", "memory", "-", "-", "-", 2)
+    assert grid.baseline_of(json1, "raw") == Condition("ingest", "raw", "bytes", "none", "confluent", 2, "-")
+    assert grid.baseline_of(json1, "memory") == Condition("ingest", "memory", "-", "-", "-", 2, "-")
+    both = grid.build(ExperimentConfig(formats=("avro", "avro-user"), workloads=("ingest",), shuffles=("window", "none")))
+    assert {c.label for c in both} == {"ingest raw 1p", "ingest avro 1p", "ingest avro shuffle-none 1p",
+                                       "ingest avro-user foreign 1p", "ingest avro-user foreign shuffle-none 1p",
+                                       "ingest memory 1p"}
     assert grid.topics_needed(conds) == [("avro", "bytes", "none"), ("json", "bytes", "none"), ("raw", "bytes", "none")]
 
 
@@ -69,9 +73,9 @@ def _rows(values: dict[Condition, list[float]], warmup=(), errors=()):
 
 
 def test_summary_matches_rows_and_ratios_use_the_right_baseline():
-    raw = Condition("ingest", "raw", "bytes", "none", "confluent", 1)
+    raw = Condition("ingest", "raw", "bytes", "none", "confluent", 1, "-")
     avro = Condition("ingest", "avro", "bytes", "none", "confluent", 1)
-    mem = Condition("ingest", "memory", "-", "-", "-", 1)
+    mem = Condition("ingest", "memory", "-", "-", "-", 1, "-")
     rows = _rows({raw: [999, 200, 210, 190], avro: [1, 100, 110, 90, 5], mem: [1, 1000, 1000, 1000]},
                  warmup={(raw, 1), (avro, 1), (mem, 1)}, errors={(avro, 5)})
     s = stats.summarize(rows, seed=0).set_index("label")
