@@ -45,7 +45,7 @@ def test_presets_listing_and_a_gpu_config_load_from_the_wheel(installed):
     py, cwd = installed
     r = subprocess.run([py, "-m", "ddp_kbit.main", "--mode", "experiment", "--preset", "nope"], capture_output=True,
                        text=True, cwd=cwd, timeout=60)
-    assert r.returncode == 2 and "available: clients, compression, formats, layouts, scaling, train" in r.stderr
+    assert r.returncode == 2 and "available: clients, compression, foreign, formats, layouts, scaling, shuffle, train" in r.stderr
     out = subprocess.run([py, "-m", "ddp_kbit.main", "--help"], capture_output=True, text=True, cwd=cwd).stdout
     assert "formats" in out and "compression" in out
     code = ("import json, os; from ddp_kbit.config import SparkConfig; from ddp_kbit.launch.spark import session_conf; "
