@@ -41,6 +41,12 @@ def option(group, section: str, cls, name: str, *flags: str, help: str, **kw) ->
     group.add_argument(*flags, dest=f"{section}.{name}", default=None, help=help, **kw)
 
 
+def options(p: argparse.ArgumentParser, title: str, section: str, cls) -> Callable:
+    """An argument group for config part ``cls`` and its ``opt(name, *flags, help=..., **kw)``."""
+    g = p.add_argument_group(title)
+    return lambda name, *flags, **kw: option(g, section, cls, name, *flags, **kw)
+
+
 def overrides(args: argparse.Namespace) -> dict[str, dict]:
     """Flags given on the command line, by config section."""
     out: dict[str, dict] = {}

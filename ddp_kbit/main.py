@@ -73,8 +73,7 @@ def counts(text: str) -> tuple[int, ...]:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    opt = lambda name, *flags, **kw: cli.option(g, "data", DataConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "data", "data", DataConfig)
     opt("dataset", help="dataset published when the default topics are missing")
     opt("data_dir", metavar="PATH", help="where that dataset's files are (fashion-mnist: its Debian package's folder)")
     opt("format", choices=FORMATS, help="wire format of topics without a manifest, and of the default topics "
@@ -105,8 +104,8 @@ def shape_arg(text: str) -> tuple[int, ...]:
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("topics we did not write ([source]; --mode describe writes a manifest from these)")
-    opt = lambda name, *flags, **kw: cli.option(g, "source", SourceConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "topics we did not write ([source]; --mode describe writes a manifest from these)",
+                      "source", SourceConfig)
     opt("value_format", choices=FORMATS, help="the values' format (without it, topics follow wire contract v1)")
     opt("value_schema", metavar="FILE", help="Avro .avsc or Protobuf .proto of the values (with a registry: the "
         "reader schema)")
@@ -124,21 +123,18 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     opt("schema_registry", metavar="URL", help="Schema Registry that resolves the framing's schema ids")
     opt("registry_user", metavar="USER", help="Schema Registry basic-auth user")
     opt("registry_password", metavar="PASSWORD", help="Schema Registry basic-auth password (never logged)")
-    g = p.add_argument_group("reading a topic (--mode describe, --mode inspect)")
-    opt = lambda name, *flags, **kw: cli.option(g, "inspect", InspectConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "reading a topic (--mode describe, --mode inspect)", "inspect", InspectConfig)
     opt("topic", help="the topic to describe or inspect")
     opt("limit", type=int, metavar="N", help="records to read (describe: a sample of 1000 by default; inspect: all)")
     opt("scan", action="store_true", help="describe: read every record, not a sample")
-    g = p.add_argument_group("evaluating a saved model (--mode evaluate)")
-    opt = lambda name, *flags, **kw: cli.option(g, "evaluate", EvaluateConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "evaluating a saved model (--mode evaluate)", "evaluate", EvaluateConfig)
     opt("model_path", metavar="PATH", help="a run's model.pt (with --model for its spec) or a checkpoint")
     opt("predictions_topic", metavar="TOPIC", help="one record per input: its key; JSON index, label, prediction, "
         "probabilities; headers naming the model and the source record (exactly once, across reruns)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    opt = lambda name, *flags, **kw: cli.option(g, "train", TrainConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "training", "train", TrainConfig)
     opt("model", metavar="NAME|MODULE:FUNCTION|PATH.py:FUNCTION",
         help=f"network: built-in {', '.join(MODELS)}, or your own FUNCTION(shape, num_classes) -> torch.nn.Module "
              "(a file is sent with the run, so executors need not have it); sized from the manifest")
@@ -162,8 +158,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
              "repeatable, applied in order")
     opt("handlers", "--handler", action="append", metavar="MODULE:FUNCTION|PATH.py:FUNCTION",
         help="extra ignite handler, called as FUNCTION(trainer, context) on every rank each epoch; repeatable")
-    g = p.add_argument_group("checkpoints and failures")
-    opt = lambda name, *flags, **kw: cli.option(g, "checkpoint", CheckpointConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "checkpoints and failures", "checkpoint", CheckpointConfig)
     opt("dir", "--checkpoint-dir", metavar="DIR",
         help="default <run dir>/checkpoints; shared storage on a cluster")
     opt("every", "--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps (0: epoch ends only)")
@@ -195,8 +190,7 @@ def add_follow_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_metrics_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("operating a run ([metrics])")
-    opt = lambda name, *flags, **kw: cli.option(g, "metrics", MetricsConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "operating a run ([metrics])", "metrics", MetricsConfig)
     opt("port", "--metrics-port", type=int, metavar="P", help="serve Prometheus metrics: the driver's /metrics on P "
         "gathers every rank's (rank r also serves its own on P+1+r); off by default")
     opt("commit_group", metavar="GROUP", help="after each checkpoint, commit the trained offsets to this consumer "
@@ -205,8 +199,7 @@ def add_metrics_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_spark_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("spark")
-    opt = lambda name, *flags, **kw: cli.option(g, "spark", SparkConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "spark", "spark", SparkConfig)
     opt("num_processes", type=int, metavar="N", help="DDP processes (--mode experiment: see --study-processes)")
     opt("distributed", action="store_true",
         help="run the processes as Spark barrier tasks on executors (default: local_mode on the driver)")
@@ -228,8 +221,7 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_experiment_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("experiment (--mode experiment; a preset sets these, flags override it)")
-    opt = lambda name, *flags, **kw: cli.option(g, "experiment", ExperimentConfig, name, *flags, **kw)  # noqa: E731
+    opt = cli.options(p, "experiment (--mode experiment; a preset sets these, flags override it)", "experiment", ExperimentConfig)
     found = presets.available()
     opt("preset", metavar="NAME|FILE", help=f"study preset: {', '.join(found) or 'none found'} "
         f"(experiments/<name>.toml), or a .toml file of your own")
