@@ -28,7 +28,7 @@ COMPRESSIONS = ("none", "gzip", "lz4", "zstd", "snappy")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-MODELS = ("cnn", "convnet", "mlp")            # ddp_kbit.train.models builds these
+MODELS = ("cnn3", "cnn", "mlp")            # ddp_kbit.train.models builds these
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 DATASETS = ("fashion-mnist", "mnist", "gtsrb", "npz", "synthetic")
@@ -209,19 +209,19 @@ class SourceConfig:
 class TrainConfig:
     """Model and optimisation, per rank."""
 
-    model: str = "cnn"             # built-in name, MODULE:FUNCTION or PATH.py:FUNCTION
+    model: str = "cnn3"            # built-in name, MODULE:FUNCTION or PATH.py:FUNCTION
     epochs: int = 5
     batch_size: int = 128           # per rank, per step
     eval_batch_size: int = 1000
-    lr: float = 1e-3
+    lr: float = 5e-3                # the peak of the one-cycle schedule
     optimizer: str = "adam"
     momentum: float = 0.9           # sgd only
     weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "onecycle"
     amp: bool = False               # CUDA only
     grad_accum: int = 1
     seed: int = 0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     augment: bool = False           # built-in random crop + flip of image batches, on the device, training only
     transforms: tuple[str, ...] = ()  # batch transforms, MODULE:FUNCTION or PATH.py:FUNCTION, in order
     handlers: tuple[str, ...] = ()  # extra ignite handlers, MODULE:FUNCTION or PATH.py:FUNCTION

@@ -72,7 +72,7 @@ class RunSpec:
     test_topic: Manifest | None
     num_classes: int
     run_dir: str
-    model: object = "cnn"                  # a built-in name, a CodeRef, or a callable (Python API)
+    model: object = "cnn3"                 # a built-in name, a CodeRef, or a callable (Python API)
     transforms: tuple = ()                 # CodeRefs or callables
     handlers: tuple[CodeRef, ...] = ()
     source: SourceConfig = SourceConfig()    # registry credentials of foreign topics (never in a manifest)

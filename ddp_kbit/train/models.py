@@ -32,17 +32,19 @@ def cnn(shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Module:
     )
 
 
-def convnet(shape: tuple[int, ...], num_classes: int, widths: tuple[int, int, int] = (32, 48, 96)) -> nn.Module:
-    """Three conv blocks (batch norm, ReLU, max pool) and global average pooling: more
-    depth than ``cnn`` for about the same multiply-adds (no 3136-wide dense layer)."""
-    c, _, _ = channels_and_hw(shape)
-    layers, cin = [], c
-    for i, w in enumerate(widths):
-        layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-        if i < len(widths) - 1:
-            layers.append(nn.MaxPool2d(2))
-        cin = w
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(cin, num_classes))
+def cnn3(shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Module:
+    """``cnn`` with a third conv at quarter resolution and a 256-wide head (dropout 0.3):
+    the default, with the default recipe (one-cycle learning rate up to 5e-3, label
+    smoothing 0.1) 0.929-0.930 Fashion-MNIST test accuracy after 5 epochs (README)."""
+    c, h, w = channels_and_hw(shape)
+    feat = 2 * width * (h // 4) * (w // 4)
+    return nn.Sequential(
+        nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(feat, 256), nn.ReLU(inplace=True), nn.Dropout(0.3),
+        nn.Linear(256, num_classes),
+    )
 
 
 def mlp(shape: tuple[int, ...], num_classes: int, hidden: int = 256) -> nn.Module:
@@ -50,7 +52,7 @@ def mlp(shape: tuple[int, ...], num_classes: int, hidden: int = 256) -> nn.Modul
                          nn.Dropout(0.2), nn.Linear(hidden, num_classes))
 
 
-BUILDERS = {"cnn": cnn, "convnet": convnet, "mlp": mlp}  # names as in ddp_kbit.config.MODELS
+BUILDERS = {"cnn3": cnn3, "cnn": cnn, "mlp": mlp}  # names as in ddp_kbit.config.MODELS
 
 
 def example_batch(shape: tuple[int, ...], dtype: str = "uint8", n: int = 2):
@@ -122,8 +124,3 @@ def spec_name(spec) -> str:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def convnet64(shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """``convnet`` with 32, 64 and 128 channels."""
-    return convnet(shape, num_classes, (32, 64, 128))

@@ -153,7 +153,7 @@ def test_evaluate_matches_the_runs_accuracy_and_predictions_are_exactly_once(kcf
     value = json.loads(recs[0].value)
     assert set(value) == {"index", "label", "prediction", "probabilities"} and len(value["probabilities"]) == 10
     assert value["index"] == int(recs[0].key)
-    assert dict(recs[0].headers)["ddp_kbit.model.spec"] == b"cnn"
+    assert dict(recs[0].headers)["ddp_kbit.model.spec"] == b"cnn3"
     png = (tmp_path / "b" / "confusion.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 

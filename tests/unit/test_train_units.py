@@ -98,7 +98,7 @@ def test_model_specs_parse_load_and_check(tmp_path):
             usercode.parse(spec, "--model")
     with pytest.raises(ConfigError, match="--model no_such_pkg_x:build: cannot import it \\(ModuleNotFoundError"):
         check_model(usercode.parse("no_such_pkg_x:build", "--model"), (28, 28), 10)
-    with pytest.raises(ConfigError, match="unknown model 'resnet'; built-in: cnn, "):
+    with pytest.raises(ConfigError, match="unknown model 'resnet'; built-in: cnn3, cnn, mlp"):
         make_model("resnet", (28, 28), 10)
 
 
