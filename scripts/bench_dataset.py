@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 
-from ddp_kbit import KafkaDataset, kafka
+from ddp_kbit import KafkaDataset
 from ddp_kbit.config import DataConfig, KafkaConfig, PublishConfig
 from ddp_kbit.data import manifest
 from ddp_kbit.data.datasets import load_dataset
@@ -60,8 +60,9 @@ def main() -> None:
     med = {name: statistics.median(r) for name, r in rates.items()}
     for name, r in rates.items():
         print(f"{name:42s} median {med[name]:>10,.0f} records/s  (min {min(r):,.0f}, max {max(r):,.0f})")
-    print(f"KafkaDataset / experiment ingest: {med['KafkaDataset in a user loop'] / med['experiment ingest (KafkaStreamDataset)']:.3f}")
-    print(f"KafkaDataset / raw loop:          {med['KafkaDataset in a user loop'] / med['raw consume loop']:.3f}")
+    user, ingest = med["KafkaDataset in a user loop"], med["experiment ingest (KafkaStreamDataset)"]
+    print(f"KafkaDataset / experiment ingest: {user / ingest:.3f}")
+    print(f"KafkaDataset / raw loop:          {user / med['raw consume loop']:.3f}")
 
 
 if __name__ == "__main__":
