@@ -38,6 +38,12 @@ def write_topic(kcfg, topic: str, counts: list[int], bad: set = frozenset(), fmt
     return m
 
 
+# The tests' small recipe: a few thousand records and 1-2 epochs are too few steps for the
+# default one-cycle schedule's warm-up; correctness, not accuracy, is under test.
+SMALL = {"model": "cnn", "lr_schedule": "cosine", "lr": 1e-3, "label_smoothing": 0.0}
+SMALL_FLAGS = ["--model", "cnn", "--lr-schedule", "cosine", "--lr", "0.001", "--label-smoothing", "0"]
+
+
 def fit(kcfg, run_dir, *, crash_at=None, kill_at=None, stop_at=None, fault_rank=None, **fields):
     """``ddp_kbit.fit`` in this process, on the shared Spark session (request the
     ``spark`` fixture), with the CLI helper's small defaults; the report.
@@ -46,7 +52,7 @@ def fit(kcfg, run_dir, *, crash_at=None, kill_at=None, stop_at=None, fault_rank=
     import ddp_kbit
 
     fields = {"bootstrap_servers": kcfg.bootstrap_servers, "batch_size": 64, "eval_batch_size": 200,
-              "progress": False, "run_dir": str(run_dir), "log_level": "WARNING", **fields}
+              "progress": False, "run_dir": str(run_dir), "log_level": "WARNING", **SMALL, **fields}
     for step, action, rank in ((crash_at, "raise", 0), (kill_at, "kill", 1), (stop_at, "stop", 1)):
         if step is not None:
             handler = chaos.arm(run_dir, step, action, rank if fault_rank is None else fault_rank)
@@ -59,7 +65,7 @@ def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None, kill_a
     ``crash_at``: rank 0 raises at that global step; ``kill_at``: ``kill_rank`` is SIGKILLed."""
     cmd = [sys.executable, "-m", "ddp_kbit.main", "--mode", "train", "--bootstrap-servers", kcfg.bootstrap_servers,
            "--batch-size", "64", "--eval-batch-size", "200", "--no-progress",
-           "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
+           "--run-dir", str(tmp_path), "--log-level", "WARNING", *SMALL_FLAGS, *args]
     if crash_at is not None:
         cmd += ["--handler", chaos.arm(tmp_path, crash_at, "raise", 0)]
     if kill_at is not None:
@@ -94,7 +100,7 @@ def spark_submit(kcfg, master: str, tmp_path, *args) -> dict:
     submit = Path(sys.executable).parent / "spark-submit"
     cmd = [str(submit), "--master", master, str(ROOT / "ddp_kbit" / "main.py"), "--mode", "train", "--distributed",
            "--bootstrap-servers", kcfg.bootstrap_servers, "--epochs", "1", "--num-processes", "2", "--batch-size",
-           "64", "--no-progress", "--run-dir", str(tmp_path), "--log-level", "WARNING", *args]
+           "64", "--no-progress", "--run-dir", str(tmp_path), "--log-level", "WARNING", *SMALL_FLAGS, *args]
     env = {**os.environ, "PATH": f"{submit.parent}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]

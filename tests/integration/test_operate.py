@@ -130,8 +130,8 @@ def test_evaluate_matches_the_runs_accuracy_and_predictions_are_exactly_once(kcf
     train, test = topics
     report = fit(kcfg, tmp_path / "run", train_topic=train.topic, test_topic=test.topic, epochs=1, num_processes=2)
     pred_topic = f"predictions.{time.time_ns()}"
-    common = ["--bootstrap-servers", kcfg.bootstrap_servers, "--mode", "evaluate", "--test-topic", test.topic,
-              "--model-path", report["final"]["model"], "--predictions-topic", pred_topic, "--eval-batch-size", "20",
+    common = ["--bootstrap-servers", kcfg.bootstrap_servers, "--mode", "evaluate", "--model", "cnn", "--test-topic",
+              test.topic, "--model-path", report["final"]["model"], "--predictions-topic", pred_topic, "--eval-batch-size", "20",
               "--no-progress", "--log-level", "WARNING"]
     proc = subprocess.Popen([sys.executable, "-m", "ddp_kbit.main", *common, "--run-dir", str(tmp_path / "a")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -143,7 +143,7 @@ def test_evaluate_matches_the_runs_accuracy_and_predictions_are_exactly_once(kcf
     proc.send_signal(signal.SIGKILL)   # mid-way (or just after it finished: either way, no duplicates below)
     proc.communicate()
     job = api.job_from(bootstrap_servers=kcfg.bootstrap_servers, test_topic=test.topic, run_dir=str(tmp_path / "b"),
-                       model_path=report["final"]["model"], predictions_topic=pred_topic, progress=False)
+                       model_path=report["final"]["model"], predictions_topic=pred_topic, progress=False, model="cnn")
     again = api.run_mode("evaluate", job)
     assert again["test_accuracy"] == pytest.approx(report["final"]["test_accuracy"], abs=1e-9)
     assert again["records"] == 600 and sum(c["support"] for c in again["per_class"].values()) == 600
@@ -153,7 +153,7 @@ def test_evaluate_matches_the_runs_accuracy_and_predictions_are_exactly_once(kcf
     value = json.loads(recs[0].value)
     assert set(value) == {"index", "label", "prediction", "probabilities"} and len(value["probabilities"]) == 10
     assert value["index"] == int(recs[0].key)
-    assert dict(recs[0].headers)["ddp_kbit.model.spec"] == b"cnn3"
+    assert dict(recs[0].headers)["ddp_kbit.model.spec"] == b"cnn"
     png = (tmp_path / "b" / "confusion.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
