@@ -37,7 +37,7 @@ from ddp_kbit.config import (
 )
 from ddp_kbit.data.dataset import KafkaDataset
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices
+from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices, subtract
 from ddp_kbit.data.stream import StreamBatch, to_device
 from ddp_kbit.errors import UserError
 from ddp_kbit.train import checkpoint, dist, rankfiles
@@ -115,17 +115,22 @@ def build_optimizer(cfg: TrainConfig, params, total_steps: int):
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                               nesterov=cfg.momentum > 0)
-    total = max(1, total_steps)
+    return opt, build_schedule(cfg, opt, total_steps)
+
+
+def build_schedule(cfg: TrainConfig, opt, total_steps: int, done: int = 0):
+    """The learning-rate schedule over ``total_steps`` optimizer steps, ``done`` of them
+    already taken (a resume on another number of ranks has another step count: the
+    schedule is rebuilt for it, so it never runs past its end)."""
+    total, last = max(1, total_steps), done - 1
     if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    elif cfg.lr_schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total + 1,
-                                                    pct_start=0.25, anneal_strategy="cos")
-    elif cfg.lr_schedule == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.1)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, last_epoch=last)
+    if cfg.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total + 1, pct_start=0.25,
+                                                   anneal_strategy="cos", last_epoch=last)
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.1, last_epoch=last)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0, last_epoch=last)
 
 
 # ------------------------------------------------------------------ engines
@@ -302,8 +307,10 @@ class RankTrainer:
         self.transforms = Transforms(spec.transforms, builtin_augment=cfg.augment)
         shuffle = Shuffle.of(spec.data)
         if spec.follow is None:
-            steps = plan_epoch(spec.train_slices, world, cfg.batch_size, cfg.seed, 0, shuffle)[rank].num_batches
-            self.opt, self.sched = build_optimizer(cfg, model.parameters(), cfg.epochs * steps // cfg.grad_accum)
+            self.steps_per_epoch = plan_epoch(spec.train_slices, world, cfg.batch_size, cfg.seed, 0,
+                                              shuffle)[rank].num_batches
+            self.total_steps = cfg.epochs * self.steps_per_epoch // cfg.grad_accum
+            self.opt, self.sched = build_optimizer(cfg, model.parameters(), self.total_steps)
         else:   # an unbounded run has no total step count: a constant learning rate
             self.opt, self.sched = build_optimizer(dataclasses.replace(cfg, lr_schedule="none"), model.parameters(), 1)
         self.amp = cfg.amp and use_cuda
@@ -332,9 +339,23 @@ class RankTrainer:
     def restore(self, path: str) -> None:
         checkpoint.restore(path, self.to_save)
         self.forwarded |= {(t, p, o) for t, p, o, _ in self.run.bad_records}
+        if self.spec.follow is None:
+            self.fit_schedule()
         if self.rank == 0:
             log.info("resumed from %s: epoch %d, step %d, %d ranges already used", path, self.run.epoch + 1,
                      self.run.global_step, len(self.run.consumed))
+
+    def fit_schedule(self) -> None:
+        """After a resume: the steps left at this world size may differ from the
+        checkpoint's plan (fewer ranks take more steps); re-plan the schedule's length."""
+        cfg, run = self.cfg, self.run
+        rest = subtract(self.spec.train_slices, [c.slice for c in run.consumed])
+        left = plan_epoch(rest, self.world, cfg.batch_size, cfg.seed, run.epoch, Shuffle.of(self.spec.data))[
+            self.rank].num_batches if run.epoch < cfg.epochs and rest else 0
+        total = run.global_step + (left + max(0, cfg.epochs - run.epoch - 1) * self.steps_per_epoch) // cfg.grad_accum
+        if total != self.total_steps:
+            self.total_steps = total
+            self.sched = self.to_save["scheduler"] = build_schedule(cfg, self.opt, total, run.global_step)
 
     def evaluate(self) -> dict:
         if self.test is None:

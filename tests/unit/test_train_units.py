@@ -127,3 +127,22 @@ def test_transforms_run_in_order_with_a_seeded_generator_and_name_the_one_that_r
     img = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
     out, _ = augment(img, y[:2], True, torch.Generator().manual_seed(3))
     assert out.shape == img.shape and torch.equal(augment(img, y[:2], False)[0], img)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step", "none"])
+def test_a_schedule_rebuilt_for_more_steps_after_a_resume_never_runs_past_its_end(schedule):
+    """A restart on fewer ranks takes more steps than the checkpoint's plan: the
+    schedule is rebuilt for the new length from the step it stopped at."""
+    from ddp_kbit.config import TrainConfig
+    from ddp_kbit.train.loop import build_optimizer, build_schedule
+
+    cfg = TrainConfig(lr_schedule=schedule, lr=0.01)
+    opt, sched = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], 10)
+    for _ in range(6):
+        opt.step()
+        sched.step()
+    sched = build_schedule(cfg, opt, 16, done=6)   # the same run, now 16 steps long, 6 taken
+    for _ in range(10):   # to the new end: torch's OneCycleLR raises when stepped past its total
+        opt.step()
+        sched.step()
+        assert 0 < opt.param_groups[0]["lr"] <= cfg.lr * 1.0001
