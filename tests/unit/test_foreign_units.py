@@ -2,7 +2,6 @@
 framing parser against golden bytes from confluent-kafka's own serializers (with
 its mock registry), Protobuf message indexes, and the vectorised Avro path held to
 the per-value one."""
-import importlib.util
 import io
 import json
 
@@ -19,6 +18,8 @@ from hypothesis import strategies as st
 from ddp_kbit.errors import DecodeError
 from ddp_kbit.wire.foreign import ForeignCodec, Source, field_at, to_image
 from ddp_kbit.wire.framing import frame, parse_frame
+
+from protoc_user import compile_proto
 
 CTX = SerializationContext("t", MessageField.VALUE)
 IMAGE = {"type": "record", "name": "Image", "fields": [{"name": "image", "type": "bytes"},
@@ -37,15 +38,7 @@ message Second { bytes image = 1; int64 label = 2; }
 
 @pytest.fixture(scope="module")
 def nested_pb2(tmp_path_factory):
-    from grpc_tools import protoc
-
-    d = tmp_path_factory.mktemp("pb")
-    (d / "nested.proto").write_text(NESTED_PROTO)
-    assert protoc.main(["protoc", f"-I{d}", f"--python_out={d}", str(d / "nested.proto")]) == 0
-    spec = importlib.util.spec_from_file_location("nested_pb2", d / "nested_pb2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return compile_proto(tmp_path_factory.mktemp("pb"), "nested", NESTED_PROTO)
 
 
 def test_field_paths_reach_into_dicts_and_messages(nested_pb2):
