@@ -77,6 +77,25 @@ def train(kcfg, tmp_path, *args, expect_rc=0, timeout=600, crash_at=None, kill_a
     return json.loads((tmp_path / "report.json").read_text())
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def torchrun(procs: int, *args, expect_rc=0, done=None, cwd=None, env=None, timeout=300):
+    """A user's script under ``torchrun --standalone``. ``done(result)``: whether every
+    rank recorded its finished work; then a rank's SIGABRT with ``TEARDOWN_ABORT`` in
+    torch's teardown at interpreter exit (seen twice under CI load in user loops,
+    never in 30 runs here, quiet or loaded) does not fail the run: what the test
+    checks was already written."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+           *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    ok = r.returncode == 0
+    if not ok and expect_rc == 0 and done is not None and TEARDOWN_ABORT in r.stdout + r.stderr and done(r):
+        ok = True
+    assert ok == (expect_rc == 0), r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
 def assert_exact_epochs(report, m: manifest.Manifest, bad: int = 0):
     """Each epoch's consumed ranges tile the manifest: every offset exactly once,
     and every valid record went into a step exactly once."""

@@ -3,7 +3,6 @@ plain function run by TorchDistributor. Every offset of every epoch exactly once
 across ranks, equal steps, and a run killed mid-epoch resumed from state_dict() on
 another number of processes trains exactly the remainder."""
 import json
-import subprocess
 import sys
 import time
 
@@ -12,6 +11,8 @@ import pytest
 from ddp_kbit.config import PublishConfig
 from ddp_kbit.data.datasets import load_dataset
 from ddp_kbit.data.publish import publish
+
+from runs import torchrun
 
 pytestmark = pytest.mark.slow
 N = 3000
@@ -71,12 +72,8 @@ def topic(kcfg):
                    progress=False).manifest
 
 
-def torchrun(procs: int, *args, expect_rc=0):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
-           *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert (r.returncode == 0) == (expect_rc == 0), r.stdout[-2000:] + r.stderr[-4000:]
-    return r
+def logged(out, procs):
+    return all((out.parent / f"{out.name}.rank{r}.json").exists() for r in range(procs))
 
 
 def logs_of(out, procs):
@@ -91,7 +88,7 @@ def test_a_users_ddp_loop_under_torchrun_reads_every_offset_once_and_resumes_on_
     script = tmp_path / "user_loop.py"
     script.write_text(USER_LOOP)
     out = tmp_path / "full"
-    torchrun(2, script, kcfg.bootstrap_servers, topic.topic, out)
+    torchrun(2, script, kcfg.bootstrap_servers, topic.topic, out, done=lambda _: logged(out, 2))
     logs = logs_of(out, 2)
     for epoch in ("0", "1"):
         got = sorted(tuple(o) for lg in logs for o in lg["epochs"][epoch]["offsets"])
@@ -103,7 +100,8 @@ def test_a_users_ddp_loop_under_torchrun_reads_every_offset_once_and_resumes_on_
     torchrun(2, script, kcfg.bootstrap_servers, topic.topic, killed, 1, 7, state, expect_rc=1)
     before = logs_of(killed, 2)
     resumed = tmp_path / "resumed"
-    torchrun(3, script, kcfg.bootstrap_servers, topic.topic, resumed, -1, -1, state)   # on 3 processes
+    torchrun(3, script, kcfg.bootstrap_servers, topic.topic, resumed, -1, -1, state,   # on 3 processes
+             done=lambda _: logged(resumed, 3))
     after = logs_of(resumed, 3)
     first = [tuple(o) for lg in before for o in lg["epochs"]["1"]["offsets"]]
     rest = [tuple(o) for lg in after for o in lg["epochs"]["1"]["offsets"]]

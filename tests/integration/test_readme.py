@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runs import torchrun
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,8 +32,7 @@ def test_the_readme_examples_run_as_written(kcfg, tmp_path):
     assert accuracy > 0.5 and "'parameters': 101770" in r.stdout
     (tmp_path / "train.py").write_text(loop_example)
     for _ in range(2):   # the second run loads ds-state.pt: both epochs done, nothing left to train
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            "train.py"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[:6000]
-        assert "trained on" in r.stdout
+        r = torchrun(2, "train.py", cwd=tmp_path, env=env, timeout=600,
+                     done=lambda r: r.stdout.count("trained on") == 2)   # both ranks finished
+        assert r.stdout.count("trained on") == 2, r.stdout[-2000:] + r.stderr[:6000]
     assert (tmp_path / "ds-state.pt").exists()
