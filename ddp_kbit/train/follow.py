@@ -151,6 +151,8 @@ class Follower:
                 f["position"][str(s.partition)] = s.end
             f["open"] = None
             rt.run.history = rt.run.history + [record]
+            # the lag gauge of a live topic: behind its high watermark, not what is left of the window
+            rt.lag = {int(p): n for p, n in record["lag"]["records_behind_at_end"].items()}
             rt.run.epoch, rt.run.consumed, rt.run.partial = len(rt.run.history), [], EpochStats()
             if rt.rank == 0:
                 log.info("window %d: %d new + %d replayed records, %.0f samples/s, prequential accuracy %.4f, "

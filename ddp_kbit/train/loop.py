@@ -419,7 +419,7 @@ class RankTrainer:
         """An atomic checkpoint, then (rank 0) the trained offsets committed for lag tools
         and the lag gauge; the commit is never read back: checkpoints are the truth."""
         self.checkpointer(engine)
-        if self.metrics is not None:
+        if self.metrics is not None and self.rank == 0:   # one series per partition for the world
             self.metrics.set_lag(self.spec.train_topic.topic, self.lag)
         group = self.spec.metrics.group_for(self.spec.train_topic.topic)
         if self.rank == 0 and group and self.committed:

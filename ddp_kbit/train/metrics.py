@@ -50,8 +50,9 @@ class RankMetrics:
         self.accuracy = Gauge("ddp_kbit_eval_accuracy", "Accuracy of the last evaluation", ["rank"], registry=r)
         self.prequential = Gauge("ddp_kbit_prequential_accuracy", "Test-then-train accuracy of the last window",
                                  ["rank"], registry=r)
-        self.lag = Gauge("ddp_kbit_consumer_lag_records", "Records of the current pass not trained yet (high "
-                         "watermark minus the trained position)", ["topic", "partition"], registry=r)
+        self.lag = Gauge("ddp_kbit_consumer_lag_records", "Records not trained yet: the rest of the current "
+                         "pass (epochs), or behind the high watermark after the last window (--follow)",
+                         ["topic", "partition"], registry=r)
         self.port = port + 1 + rank
         self._server = start_http_server(self.port, registry=r)
         self._seen: dict = {}
