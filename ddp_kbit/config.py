@@ -117,8 +117,8 @@ class DataConfig:
     poll_records: int = 20_000      # records per poll
     buffer_records: int = 50_000    # per-partition read-ahead before pausing the partition
     shuffle: str = "window"         # "window": chunks dealt to ranks + a window permutation; "none": offset order
-    shuffle_chunk: int = 2048       # offsets per chunk (one seek each); shorter gaps are read through
-    shuffle_window: int = 16384     # records read, decoded and permuted together (also without shuffle)
+    shuffle_chunk: int = 4096       # offsets per chunk (one seek each); shorter gaps are read through
+    shuffle_window: int = 32768     # records read, decoded and permuted together (also without shuffle)
     allow_missing_records: bool = False  # train on what is left when retention deleted planned records
     dlq_max_bytes: int = 1_000_000  # a bad record larger than this is dead-lettered without its value
 

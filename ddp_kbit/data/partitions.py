@@ -69,8 +69,8 @@ class Shuffle:
     """How an epoch's offsets are mixed (see the module docstring)."""
 
     kind: str = "window"
-    chunk: int = 2048     # offsets per chunk: one seek and one contiguous read each
-    window: int = 16384   # records per window: read and decoded whole, permuted, served as batches
+    chunk: int = 4096     # offsets per chunk: one seek and one contiguous read each
+    window: int = 32768   # records per window: read and decoded whole, permuted, served as batches
 
     def __post_init__(self):
         if self.kind not in SHUFFLES:

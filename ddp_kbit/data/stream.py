@@ -66,7 +66,14 @@ class _Reader:
     dead-letter topic). Each partition reads its queue of runs: a run is a chunk's
     pieces, gaps shorter than ``gap`` read through; the next run seeks when it is
     behind or far ahead of what was read. A partition with nothing wanted, or whose
-    buffer is full, is paused, so neither an idle one nor a prefetching client fills memory."""
+    buffer is full, is paused, so neither an idle one nor a prefetching client fills memory.
+
+    A client fetches past the end of a run before the reader can seek away (up to a
+    fetch's worth per partition), and a read-through gap may hold this rank's own
+    later chunks. Such records of pieces of windows not yet wanted are *stashed*
+    per piece instead of dropped: when their window comes they are served from
+    memory, and only the rest of each piece is read. So no offset is read twice
+    in an epoch (unless the stash is full: then it is read again, still exactly)."""
 
     def __init__(self, consumer, limit: int, gap: int):
         self.consumer, self.limit, self.gap = consumer, limit, gap
@@ -78,6 +85,10 @@ class _Reader:
         self.runs: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.paused: set[tuple] = set()
         self.last_record = time.monotonic()
+        self.later: dict[tuple, list[Slice]] = {}      # pieces of windows not yet wanted, by start
+        self.stash: dict[Slice, tuple[list, list, list]] = {}   # such a piece's records already received
+        self.stashed = 0
+        self.segments: dict[Slice, collections.deque] = {}     # a wanted piece's [start, end, from stash]
 
     def start(self, plan: RankPlan) -> None:
         """Assign every partition of the plan at its first planned offset, paused."""
@@ -86,17 +97,65 @@ class _Reader:
         self.delivered = {tp: start for tp, (start, _) in span.items()}
         self.consumer.pause(list(span))
         self.paused = set(span)
+        self.later = _by_partition(plan.slices)
 
     def want(self, window: Window) -> None:
-        """Queue the window's reads: per partition, its pieces in offset order, as runs."""
+        """Queue the window's reads: per partition, what the stash does not hold of
+        its pieces, in offset order, as runs."""
         for tp, pieces in _by_partition(window.pieces).items():
+            later = self.later.get(tp, [])
+            for p in pieces:
+                later.pop(bisect.bisect_left(later, p))
+            # what was read ahead (a fetch past the last window's runs): to the stash
+            self._stash(tp, self.head[tp], len(self.offs[tp]), pieces)
+            self._stash(tp, self.head[tp], len(self.offs[tp]))
+            del self.offs[tp][:], self.vals[tp][:], self.recs[tp][:]
+            self.head[tp] = 0
             q = self.runs[tp]
             for p in pieces:
-                if q and not q[-1][2] and 0 <= p.start - q[-1][1] <= self.gap:
-                    q[-1][1] = p.end
-                else:
-                    q.append([p.start, p.end, False])   # start, end, reading it
+                self.segments[p] = segs = collections.deque(_segments(p, self._sorted_stash(p)))
+                for start, end, stashed in segs:
+                    if stashed:
+                        continue
+                    if q and not q[-1][2] and 0 <= start - q[-1][1] <= self.gap:
+                        q[-1][1] = end
+                    else:
+                        q.append([start, end, False])   # start, end, reading it
             self._advance(tp)
+
+    def _stash(self, tp, lo: int, hi: int, pieces: list[Slice] | None = None) -> None:
+        """Keep buffered records ``lo:hi`` of ``tp`` that belong to ``pieces`` (by
+        default: the pieces of windows not yet wanted)."""
+        offs = self.offs[tp]
+        if lo >= hi or self.stashed >= 4 * self.limit:
+            return
+        pieces = self.later.get(tp, []) if pieces is None else pieces
+        first, last = offs[lo], offs[hi - 1]
+        i = max(0, bisect.bisect_right([p.start for p in pieces], first) - 1)
+        for p in pieces[i:]:
+            if p.start > last:
+                break
+            a, z = bisect.bisect_left(offs, p.start, lo, hi), bisect.bisect_left(offs, p.end, lo, hi)
+            if a < z:
+                got = self.stash.setdefault(p, ([], [], []))
+                got[0].extend(offs[a:z])
+                got[1].extend(self.vals[tp][a:z])
+                got[2].extend(self.recs[tp][a:z])
+                self.stashed += z - a
+
+    def _sorted_stash(self, piece: Slice) -> tuple[list, list, list] | None:
+        """The piece's stashed records in offset order, each offset once (a region
+        can be fetched past twice before its window comes)."""
+        got = self.stash.get(piece)
+        if got is None:
+            return None
+        offs = np.asarray(got[0], dtype=np.int64)
+        uniq, first = np.unique(offs, return_index=True)
+        if len(uniq) != len(offs) or np.any(np.diff(offs) < 0):
+            keep = first.tolist()
+            got = self.stash[piece] = (uniq.tolist(), [got[1][i] for i in keep], [got[2][i] for i in keep])
+            self.stashed -= len(offs) - len(uniq)
+        return got
 
     def _advance(self, tp) -> None:
         """Drop runs already received; seek to the next one unless it starts in what
@@ -116,9 +175,10 @@ class _Reader:
 
     def _seek(self, tp, offset: int) -> None:
         """Forward, what is buffered stays (earlier pieces of the window still take it);
-        back, it goes (it is read again if planned)."""
+        back, it goes (to the stash where later windows want it)."""
         self.consumer.seek(tp[0], tp[1], offset)
         if offset < self.delivered[tp]:
+            self._stash(tp, self.head[tp], len(self.offs[tp]))
             del self.offs[tp][:], self.vals[tp][:], self.recs[tp][:]
             self.head[tp] = 0
         self.delivered[tp] = offset
@@ -128,6 +188,9 @@ class _Reader:
         if self.runs[tp] and not full:
             if tp in self.paused:
                 self.consumer.resume([tp])
+                # librdkafka fetches a resumed partition only at its broker thread's next
+                # 1 s tick; a seek wakes it (measured here: ~950 ms to the first record -> ~10 ms)
+                self.consumer.seek(tp[0], tp[1], self.delivered[tp])
                 self.paused.discard(tp)
         elif tp not in self.paused:
             self.consumer.pause([tp])
@@ -164,30 +227,65 @@ class _Reader:
         return got
 
     def take(self, piece: Slice, out_vals: list, out_offs: list, out_recs: list) -> bool:
-        """Move ``piece``'s records into out lists; True once the piece is complete."""
-        tp = piece.tp
-        offs, vals, recs, h = self.offs[tp], self.vals[tp], self.recs[tp], self.head[tp]
-        lo = bisect.bisect_left(offs, piece.start, h)   # earlier ones: a gap read through
-        hi = bisect.bisect_left(offs, piece.end, lo)
-        out_vals.extend(vals[lo:hi])
-        out_offs.extend(offs[lo:hi])
-        out_recs.extend(recs[lo:hi])
-        self.head[tp] = hi
-        if hi > 65536 and hi * 2 > len(offs):  # drop what was handed out, now and then
-            del offs[:hi], vals[:hi], recs[:hi]
-            self.head[tp] = 0
-        self._flow(tp)
-        return self.delivered.get(tp, 0) >= piece.end
+        """Move ``piece``'s records into out lists, in offset order (its stashed
+        segments and what the log delivered of the others); True once complete."""
+        tp, segs = piece.tp, self.segments[piece]
+        while segs:
+            start, end, stashed = segs[0]
+            if stashed:
+                offs, vals, recs = self.stash[piece]
+                lo, hi = bisect.bisect_left(offs, start), bisect.bisect_left(offs, end)
+            else:
+                offs, vals, recs, h = self.offs[tp], self.vals[tp], self.recs[tp], self.head[tp]
+                lo = bisect.bisect_left(offs, start, h)   # earlier ones: a gap read through
+                self._stash(tp, h, lo)
+                hi = bisect.bisect_left(offs, end, lo)
+                self.head[tp] = hi
+            out_vals.extend(vals[lo:hi])
+            out_offs.extend(offs[lo:hi])
+            out_recs.extend(recs[lo:hi])
+            if not stashed:
+                if hi > 65536 and hi * 2 > len(offs):  # drop what was handed out, now and then
+                    del offs[:hi], vals[:hi], recs[:hi]
+                    self.head[tp] = 0
+                self._flow(tp)
+                if self.delivered.get(tp, 0) < end:
+                    return False
+            segs.popleft()
+        del self.segments[piece]
+        if piece in self.stash:
+            self.stashed -= len(self.stash.pop(piece)[0])
+        return True
 
     def stalled(self, piece: Slice, timeout: float) -> bool:
         """No record for ``timeout`` s and the rest of the piece is not a gap in the log."""
         if time.monotonic() - self.last_record < timeout:
             return False
+        end = self.segments[piece][0][1] if self.segments.get(piece) else piece.end
         pos = self.consumer.position(*piece.tp)
-        if pos is not None and pos >= piece.end:
+        if pos is not None and pos >= end:
             self.delivered[piece.tp] = max(self.delivered[piece.tp], pos)   # compaction, transaction markers
             return False
         return True
+
+
+def _segments(piece: Slice, stashed: tuple[list, list, list] | None) -> list[list]:
+    """``piece`` as [start, end, from stash] segments in offset order: runs of
+    consecutive stashed offsets, and the rest (to read from the log)."""
+    if not stashed:
+        return [[piece.start, piece.end, False]]
+    offs = np.asarray(stashed[0], dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(offs) != 1) + 1
+    starts, ends = offs[np.r_[0, breaks]].tolist(), (offs[np.r_[breaks - 1, len(offs) - 1]] + 1).tolist()
+    out, at = [], piece.start
+    for a, z in zip(starts, ends):
+        if a > at:
+            out.append([at, a, False])
+        out.append([a, z, True])
+        at = z
+    if at < piece.end:
+        out.append([at, piece.end, False])
+    return out
 
 
 def _by_partition(pieces) -> dict[tuple, list[Slice]]:

@@ -133,8 +133,16 @@ class Consumer(Closing):
         return record.key(), list(record.headers() or [])
 
     def _consume(self, max_records: int, timeout: float) -> list:
-        """Messages without errors; a fatal or non-retriable error raises at once."""
-        got = self._c.consume(max_records, timeout)
+        """What the client holds now, up to ``max_records``, waiting up to ``timeout``
+        only for the first message, like kafka-python's poll (librdkafka's batch
+        consume waits out its timeout until it has ``max_records``: with a small
+        prefetch queue every poll would wait). Messages without errors; a fatal or
+        non-retriable error raises at once."""
+        got = self._c.consume(max_records, 0)
+        if not got and timeout > 0:
+            first = self._c.poll(timeout)
+            if first is not None:
+                got = [first, *self._c.consume(max_records - 1, 0)] if max_records > 1 else [first]
         msgs = [m for m in got if m.error() is None]
         if len(msgs) != len(got):
             for m in got:

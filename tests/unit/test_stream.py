@@ -134,7 +134,7 @@ def test_yields_exactly_the_planned_batches_in_order(shuffle):
         assert [tuple(o) for o in got.offsets.tolist()] == [(p, o) for _, p, o in plan.batch_offsets(k)]
 
 
-def test_a_shuffled_plan_seeks_at_most_once_per_piece():
+def test_a_shuffled_plan_reads_no_offset_twice():
     logs, _ = make_logs([400, 400, 400])
     plan = plan_epoch(ranges_to_slices("t", {p: (0, 400) for p in range(3)}), 1, 10, seed=3,
                       shuffle=Shuffle("window", chunk=50, window=100))[0]
@@ -151,10 +151,13 @@ def test_a_shuffled_plan_seeks_at_most_once_per_piece():
     consumer = Counting(logs, chunk=1000)
     batches = list(dataset(logs, plan, consumer=consumer, shuffle_chunk=50, shuffle_window=100))
     assert sum(len(b) for b in batches) == 1200
-    # a client that hands out up to 1000 records a poll overshoots a chunk; what it
-    # delivered past one is kept for the next run of that partition when it follows
-    assert len(consumer.delivered) == 1200 and sum(consumer.delivered.values()) <= 2 * 1200
-    assert consumer.seeks <= len(plan.slices)
+    # a client that hands out up to 1000 records a poll overshoots every chunk; what
+    # it delivered past one is kept (for this window's next run of that partition, or
+    # stashed for a later window's), so the reader never asks for an offset twice:
+    # what still comes twice is the client's own fetch past a run into a region
+    # already stashed (1,400 here; 1,950 when later windows' records were dropped)
+    assert len(consumer.delivered) == 1200 and sum(consumer.delivered.values()) <= 1400
+    assert consumer.seeks <= 2 * len(plan.slices)   # a seek per piece at most, and one per resume
 
 
 def test_consumed_holds_only_marked_batches():
