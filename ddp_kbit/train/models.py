@@ -33,16 +33,17 @@ def cnn(shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Module:
 
 
 def cnn3(shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Module:
-    """``cnn`` with a third conv at quarter resolution and a 256-wide head (dropout 0.3):
-    the default, with the default recipe (one-cycle learning rate up to 5e-3, label
-    smoothing 0.1) 0.929-0.930 Fashion-MNIST test accuracy after 5 epochs (README)."""
+    """``cnn`` with a third conv at quarter resolution and a 256-wide head (dropout 0.2;
+    0.3 lost ~0.5 points in 5 epochs): the default, with the default recipe (one-cycle
+    learning rate up to 5e-3, label smoothing 0.1) >= 0.93 Fashion-MNIST test accuracy
+    after 5 epochs (README, "Measured figures")."""
     c, h, w = channels_and_hw(shape)
     feat = 2 * width * (h // 4) * (w // 4)
     return nn.Sequential(
         nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Dropout(0.3), nn.Linear(feat, 256), nn.ReLU(inplace=True), nn.Dropout(0.3),
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(feat, 256), nn.ReLU(inplace=True), nn.Dropout(0.2),
         nn.Linear(256, num_classes),
     )
 
