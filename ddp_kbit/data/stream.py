@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
+import operator
 import queue
 import threading
 import time
@@ -131,7 +132,7 @@ class _Reader:
             return
         pieces = self.later.get(tp, []) if pieces is None else pieces
         first, last = offs[lo], offs[hi - 1]
-        i = max(0, bisect.bisect_right([p.start for p in pieces], first) - 1)
+        i = max(0, bisect.bisect_right(pieces, first, key=operator.attrgetter("start")) - 1)
         for p in pieces[i:]:
             if p.start > last:
                 break
