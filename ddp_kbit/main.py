@@ -339,10 +339,21 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args, job, argv)
     print(summarize(report))
     print(f"report: {report['report_path']}")
-    stopped = report.get("spark", {}).get("stopped_by")
+    stopped = report.get("stopped")
     if stopped:
-        print(f"ddp-kbit: stopped by {stopped} after a checkpoint", file=sys.stderr)
-    return EXIT_INTERRUPTED if stopped == "SIGINT" else 0
+        print(f"ddp-kbit: {stop_line(stopped, report)}", file=sys.stderr)
+    return EXIT_INTERRUPTED if (stopped or {}).get("by") == "SIGINT" else 0
+
+
+def stop_line(stopped: dict, report: dict) -> str:
+    """Where a graceful stop left the run, and the command's flags that go on from there."""
+    unit = "window" if "window" in stopped else "epoch"
+    where = f"after {unit} {stopped[unit]}" if stopped.get("step") is None else \
+        f"after step {stopped['step']} of {unit} {stopped[unit]}"
+    given = report.get("config", {}).get("checkpoint", {}).get("dir")
+    ckpt = stopped.get("checkpoint")
+    resume = "--resume" if given or not ckpt else f"--resume --checkpoint-dir {Path(ckpt).parent}"
+    return f"stopped by {stopped['by']} {where}; `{resume}` continues"
 
 
 def cli_entry() -> None:

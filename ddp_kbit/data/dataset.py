@@ -236,8 +236,8 @@ class KafkaDataset(IterableDataset):
         return self._stream.used_bad if self._stream is not None else []
 
     @property
-    def used_missing(self) -> list:
-        return self._stream.used_missing if self._stream is not None else []
+    def used_absent(self) -> list:
+        return self._stream.used_absent if self._stream is not None else []
 
     @property
     def wait_seconds(self) -> float:

@@ -47,7 +47,7 @@ class StreamBatch:
     step: int = 0            # the batch's index in the rank's plan
     planned: int = 0         # offsets the plan put in this batch (bad records and gaps included)
     bad_records: tuple[tuple[str, int, int, str], ...] = ()  # (topic, partition, offset, reason)
-    missing: tuple[tuple[str, int, int], ...] = ()            # planned offsets the log does not hold
+    absent: tuple[tuple[str, int, int], ...] = ()             # planned offsets never delivered (markers, compaction)
     offsets: np.ndarray | None = None   # (N, 2) int64: partition and offset of each good record, in batch order
     keys: list | None = None            # the records' keys (keep_keys only: predictions keyed like their inputs)
     indices: np.ndarray | None = None   # v1 samples' own index field (keep_keys only; -1 for foreign topics)
@@ -205,6 +205,7 @@ class _Reader:
     def fill(self, max_records: int, timeout: float, idle: float = 0.01) -> int:
         """One poll; returns the records kept. With nothing to read until records are
         taken or more are wanted, it sleeps ``idle`` s (0: returns at once)."""
+        self._skip_absent()
         want = min(max_records, self.outstanding())
         if want <= 0:
             if idle:
@@ -212,6 +213,7 @@ class _Reader:
             return 0
         runs = self.consumer.poll_runs(want, timeout)
         if not runs:
+            self._skip_absent()
             return 0
         self.last_record = time.monotonic()
         got = 0
@@ -225,7 +227,22 @@ class _Reader:
                 got += len(offs) - first
         for tp in {r[0] for r in runs}:
             self._advance(tp)
+        self._skip_absent()
         return got
+
+    def _skip_absent(self) -> None:
+        """Offsets that exist in the log but are never delivered (transaction commit and
+        abort markers, aborted records under read_committed, compacted-away records)
+        are *absent*: the client's position passes them without a record, so they are
+        known at once and never waited for. (librdkafka reports no position after a
+        seek until a record or marker is read past it: never a stale one.)"""
+        for tp, q in self.runs.items():
+            if q and tp not in self.paused and self.delivered[tp] < q[-1][1]:
+                pos = self.consumer.position(*tp)
+                if pos is not None and pos > self.delivered[tp]:
+                    self.delivered[tp] = pos
+                    self.last_record = time.monotonic()
+                    self._advance(tp)
 
     def take(self, piece: Slice, out_vals: list, out_offs: list, out_recs: list) -> bool:
         """Move ``piece``'s records into out lists, in offset order (its stashed
@@ -314,7 +331,7 @@ class KafkaStreamDataset(IterableDataset):
         self._dead_letters = DeadLetters(kafka_cfg, producer_factory, forwarded, data.dlq_max_bytes)
         self.steps = 0               # batches marked used, in plan order
         self.used_bad: list[tuple[str, int, int, str]] = []   # bad records of batches used in steps
-        self.used_missing: list[tuple[str, int, int]] = []
+        self.used_absent: list[tuple[str, int, int]] = []
         self.bad = BadRecords()      # as decoded (read-ahead included): for the --max-bad-fraction stop
         self.wait_seconds = 0.0
 
@@ -332,15 +349,15 @@ class KafkaStreamDataset(IterableDataset):
                               "mark batches in the order they were yielded")
         self.steps += 1
         self.used_bad.extend(batch.bad_records)
-        self.used_missing.extend(batch.missing)
+        self.used_absent.extend(batch.absent)
 
     @property
     def consumed(self) -> list[ConsumedRange]:
         """The offsets of the batches marked used, merged per partition, each range with
         its good records (its bad records and offsets the log lacks not counted)."""
-        skipped = collections.Counter((t, p) for t, p, _ in self.used_missing)
+        skipped = collections.Counter((t, p) for t, p, _ in self.used_absent)
         skipped.update((t, p) for t, p, _, _ in self.used_bad)
-        excluded = {tp: np.sort(np.array([o for t, p, o, *_ in [*self.used_bad, *self.used_missing]
+        excluded = {tp: np.sort(np.array([o for t, p, o, *_ in [*self.used_bad, *self.used_absent]
                                           if (t, p) == tp], dtype=np.int64)) for tp in skipped}
         out = []
         for s in self.plan.used(self.steps):
@@ -445,7 +462,7 @@ class KafkaStreamDataset(IterableDataset):
         kept = order[good]   # planned positions of the good rows, in batch order
         where = np.stack([np.asarray([tp[1] for tp in window.tps], np.int64)[tp_ix[kept]], planned_offs[kept]], 1) \
             if len(kept) else np.zeros((0, 2), np.int64)
-        missing = self._missing(window, planned_at, bounds, order)
+        absent = self._absent(window, planned_at, bounds, order)
         if self.keep_keys:
             inputs = decoded.positions[in_order[good]]
             keys = [reader.consumer.meta(recs[i])[0] for i in inputs.tolist()]
@@ -456,13 +473,13 @@ class KafkaStreamDataset(IterableDataset):
             x = torch.from_numpy(images[a:z])
             if self.pin_memory:
                 x = x.pin_memory()
-            out.append(StreamBatch(x, torch.from_numpy(labels[a:z]), step + j, size, tuple(bad[j]), missing[j],
+            out.append(StreamBatch(x, torch.from_numpy(labels[a:z]), step + j, size, tuple(bad[j]), absent[j],
                                    where[a:z], keys[a:z] if self.keep_keys else None,
                                    indices[a:z] if self.keep_keys else None))
         return out
 
     @staticmethod
-    def _missing(window: Window, planned_at: np.ndarray, bounds: np.ndarray, order: np.ndarray) -> list[tuple]:
+    def _absent(window: Window, planned_at: np.ndarray, bounds: np.ndarray, order: np.ndarray) -> list[tuple]:
         """Per batch: planned offsets no record came for (compaction, transaction markers)."""
         if len(planned_at) == len(window):
             return [()] * len(window.sizes)

@@ -92,6 +92,8 @@ def read_all(consumer: RecordConsumer, tps: Sequence[TP], ends: dict[TP, int] | 
             if tp in todo and r.offset < ends[tp]:
                 out.append(r)
                 seen[tp] = r.offset + 1
+        for tp in todo:   # past offsets no record comes for (transaction markers): the client's position
+            seen[tp] = max(seen[tp], consumer.position(*tp) or 0)
         todo = {tp for tp in todo if seen[tp] < ends[tp]}
         if todo and time.monotonic() > deadline:
             raise ClientError(f"timed out reading {sorted(todo)} up to {[ends[tp] for tp in sorted(todo)]}")

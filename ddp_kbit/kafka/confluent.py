@@ -89,7 +89,10 @@ class Consumer(Closing):
         from confluent_kafka import TopicPartition
 
         conf = settings(cfg)
+        # read_committed: aborted transactional records are not training data (stated, though it is
+        # librdkafka's default too); commit and abort markers are skipped by the reader as absent
         conf.update({"group.id": group_id, "enable.auto.commit": False, "enable.partition.eof": False,
+                     "isolation.level": "read_committed",
                      "auto.offset.reset": "error" if strict else "earliest", "fetch.max.bytes": 64 * 1024 * 1024,
                      "max.partition.fetch.bytes": 16 * 1024 * 1024, "fetch.wait.max.ms": 100,
                      "queued.min.messages": 200_000})

@@ -85,7 +85,9 @@ class Consumer(Closing):
         from kafka import KafkaConsumer, TopicPartition
 
         conf = settings(cfg)
-        conf.update({"group_id": group_id, "enable_auto_commit": False,
+        # read_committed: aborted transactional records are not training data (kafka-python reads
+        # uncommitted ones by default)
+        conf.update({"group_id": group_id, "enable_auto_commit": False, "isolation_level": "read_committed",
                      "auto_offset_reset": "none" if strict else "earliest",
                      "fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024,
                      "fetch_max_wait_ms": 100, "max_poll_records": 100_000})

@@ -17,8 +17,8 @@ from ddp_kbit.errors import UserError
 from ddp_kbit.launch import spark
 from ddp_kbit.launch.metrics import DriverMetrics
 from ddp_kbit.train import checkpoint, models, rankfiles, usercode
-from ddp_kbit.train.follow import STOP_FILE
 from ddp_kbit.train.loop import RunSpec, train_fn
+from ddp_kbit.train.stopping import stop_file
 from ddp_kbit.train.transforms import Transforms
 
 log = logging.getLogger("ddp_kbit.driver")
@@ -127,13 +127,13 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
         if metrics is not None:
             metrics.world.set(scfg.num_processes)
         rankfiles.clear(spec.run_dir)
-        Path(spec.checkpoint.dir, STOP_FILE).unlink(missing_ok=True)
+        stop_file(spec.checkpoint.dir).unlink(missing_ok=True)
         # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
         spec = replace(spec, dead_lettered=read_dead_letters(spec.kafka, [spec.train_topic.topic,
                                                                           spec.test_topic.topic]).forwarded)
         try:
-            stop_file = str(Path(spec.checkpoint.dir) / STOP_FILE) if spec.follow is not None else None
-            launched = spark.launch(scfg, train_fn, spec, stop_file=stop_file)
+            launched = spark.launch(scfg, train_fn, spec, stop_file=str(stop_file(spec.checkpoint.dir)),
+                                    log_path=str(ranks_log(spec.run_dir)))
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": None})
             return launched, restarts, attempts
         except UserError:
@@ -146,8 +146,9 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
             if "No module named 'ddp_kbit'" in reason:
                 reason += " (the executors' Python lacks the package: pass --ship-package)"
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": reason})
-            if restarts >= job.checkpoint.max_restarts:
-                raise UserError(f"training failed after {restarts} restart(s): {reason}") from None
+            if restarts >= job.checkpoint.max_restarts or stop_file(spec.checkpoint.dir).exists():
+                raise UserError(f"training failed after {restarts} restart(s): {reason} (the ranks' whole output: "
+                                f"{ranks_log(spec.run_dir)})") from None
             found = checkpoint.latest(spec.checkpoint.dir)
             restarts += 1
             if metrics is not None:
@@ -158,6 +159,10 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
                 scfg = replace(scfg, num_processes=spark.available_ranks(job.spark))
                 log.warning("restart %d runs on %d rank(s)", restarts, scfg.num_processes)
             spec = replace(spec, resume_from=str(found) if found else None)
+
+
+def ranks_log(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "ranks.log"
 
 
 _BLOCK = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((SIG[A-Z0-9]+)\))?[ \t]*\n")
@@ -229,6 +234,8 @@ def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict],
               "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark), "follow": as_dict(job.follow),
               "source": as_dict(job.source)}
     extra = {"windows": result["windows"], "follow": result["follow"]} if "windows" in result else {}
+    if result.get("stopped"):   # the driver's signal is the one a user sent
+        extra["stopped"] = {**result["stopped"], "by": where.get("stopped_by") or result["stopped"]["by"]}
     return {"mode": "train", "config": config, "spark": where, "world_size": result["world_size"],
             "restarts": restarts, "epochs": result["epochs"], **extra, "final": result["final"],
             "model": result["model"], "bad_records": {**result["bad_records"], "dlq_topic": dlq,

@@ -8,6 +8,7 @@ from the newest checkpoint instead, up to --max-restarts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -251,12 +252,15 @@ def available_ranks(cfg: SparkConfig) -> int:
     return wait_for_slots(get_session(cfg).sparkContext, cfg.num_processes, cfg.launch_timeout_s, at_least=1)
 
 
-def launch(cfg: SparkConfig, train_fn, spec, stop_file: str | None = None) -> tuple[dict, dict]:
+def launch(cfg: SparkConfig, train_fn, spec, stop_file: str, log_path: str | None = None) -> tuple[dict, dict]:
     """Run ``train_fn(spec)`` on ``num_processes`` ranks; returns the result and where
-    it ran (master, application id, Spark version, mode) for the report. With
-    ``stop_file`` (continuous training) SIGINT/SIGTERM ask the ranks to stop
-    gracefully (they watch the file) instead of cancelling them."""
+    it ran (master, application id, Spark version, mode, the signal that stopped it)
+    for the report. SIGINT/SIGTERM ask the ranks to stop gracefully (``stop_file``,
+    which they watch); a second one stops at once. The ranks' output goes to
+    ``log_path`` whole, and to the terminal without tracebacks (:mod:`torchrun`)."""
     from pyspark.ml.torch.distributor import TorchDistributor
+
+    from ddp_kbit.launch import torchrun
 
     launched_at = time.time()
     spark = get_session(cfg)
@@ -267,43 +271,58 @@ def launch(cfg: SparkConfig, train_fn, spec, stop_file: str | None = None) -> tu
     distributor = TorchDistributor(num_processes=cfg.num_processes, local_mode=not cfg.distributed,
                                    use_gpu=cfg.gpu)
     distributor.logger.setLevel(logging.WARNING)
-    if stop_file is not None:
-        if cfg.distributed:
-            wait_for_slots(sc, cfg.num_processes, cfg.launch_timeout_s)
-        with stop_on_signal(stop_file) as stopped:
-            result = distributor.run(fn, *args)
-        return result, where | {"stopped_by": stopped.get("signal")}
-    if not cfg.distributed:  # local mode: Ctrl-C raises at once and the torchrun child is terminated
-        return distributor.run(fn, *args), where
-    wait_for_slots(sc, cfg.num_processes, cfg.launch_timeout_s)
-    with cancel_on_interrupt(sc):
-        return distributor.run(fn, *args), where
+    if cfg.distributed:
+        wait_for_slots(sc, cfg.num_processes, cfg.launch_timeout_s)
+    if cfg.ship_package:   # the runner travels too, by value
+        from pyspark import cloudpickle
+
+        cloudpickle.register_pickle_by_value(torchrun)
+    runner = functools.partial(torchrun.run_ranks, log_path=log_path)
+    with interrupts(stop_file, sc if cfg.distributed else None) as stopped:
+        # pyspark's own path with our torchrun runner (its public run() takes none)
+        result = distributor._run(fn, runner, *args) if hasattr(distributor, "_run") else distributor.run(fn, *args)
+    return result, where | {"stopped_by": stopped.get("signal")}
 
 
 @contextlib.contextmanager
-def stop_on_signal(stop_file: str):
-    """SIGINT or SIGTERM: write ``stop_file`` (the ranks finish their step, checkpoint,
-    publish and return) and note which; a second one raises KeyboardInterrupt."""
+def interrupts(stop_file: str, sc=None):
+    """SIGINT or SIGTERM: write ``stop_file`` (the ranks finish their step, checkpoint
+    and return) and note which. A second one stops at once: KeyboardInterrupt; in
+    barrier mode (``sc``) the Spark job is cancelled first, from another thread (py4j
+    is not reentrant: pyspark's own handler, which cancels from inside the signal
+    handler, prints py4j tracebacks), with the JVM and our logs silenced."""
     if threading.current_thread() is not threading.main_thread():
         yield {}
         return
     state: dict = {}
+    hard = threading.Event()
 
     def on_signal(signum, frame):
-        if state:
+        if not state:
+            state["signal"] = signal.Signals(signum).name
+            Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(stop_file).write_text(state["signal"])
+            log.warning("%s: stopping after the current step, with a checkpoint; again to stop at once",
+                        state["signal"])
+        elif sc is None:
             raise KeyboardInterrupt
-        state["signal"] = signal.Signals(signum).name
-        Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(stop_file).write_text(state["signal"])
-        log.warning("%s: stopping after the current step (checkpoint and snapshot first); again to abort",
-                    state["signal"])
+        elif not hard.is_set():
+            hard.set()
+            logging.disable(logging.CRITICAL)
+            threading.Thread(target=_cancel_all, args=(sc,), daemon=True).start()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield state
+    except Exception:
+        if hard.is_set():
+            raise KeyboardInterrupt from None
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if hard.is_set():
+        raise KeyboardInterrupt
 
 
 def shipped(fn, arg):
@@ -317,37 +336,6 @@ def shipped(fn, arg):
 
     cloudpickle.register_pickle_by_value(bootstrap)
     return bootstrap.run_shipped, (pack.package_bytes(), fn.__module__, fn.__name__, pickle.dumps(arg))
-
-
-@contextlib.contextmanager
-def cancel_on_interrupt(sc):
-    """Ctrl-C while a Spark job runs: cancel the job from another thread (py4j is not
-    reentrant, so pyspark's own handler, which cancels from inside the signal handler,
-    prints py4j tracebacks), silence the JVM and our logs, and raise KeyboardInterrupt
-    once the job is gone. A second Ctrl-C raises at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    interrupted = threading.Event()
-
-    def on_sigint(signum, frame):
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        interrupted.set()
-        logging.disable(logging.CRITICAL)
-        threading.Thread(target=_cancel_all, args=(sc,), daemon=True).start()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    except Exception:
-        if interrupted.is_set():
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted.is_set():
-        raise KeyboardInterrupt
 
 
 def _cancel_all(sc) -> None:

@@ -13,32 +13,23 @@ the driver's SIGINT or SIGTERM) ends after the current step with a checkpoint an
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
 
 from ddp_kbit import kafka
 from ddp_kbit.data.partitions import ConsumedRange, Slice
 from ddp_kbit.data.windows import CLOSE, STOP, WindowSpec, decide, new_offsets, replay_sample
 from ddp_kbit.files import write_json
 from ddp_kbit.train import dist
-from ddp_kbit.train.records import EpochStats, distinct_bad
+from ddp_kbit.train.records import EpochStats, absent_counts, distinct_bad
 
 log = logging.getLogger("ddp_kbit.follow")
-STOP_FILE = "stop"
-_stop_signal = {"seen": False}
-
-
-def _on_stop_signal(signum, frame):
-    _stop_signal["seen"] = True
 
 
 class Follower:
@@ -50,25 +41,18 @@ class Follower:
         f.setdefault("position", dict(f["start"]))
         f.setdefault("open", None)
         f.setdefault("published", None)
-        self.stopped = False
         self.last_new_at = time.monotonic()
         self._watcher = None
-        with contextlib.suppress(ValueError):   # a graceful stop: after this step, with a checkpoint
-            signal.signal(signal.SIGTERM, _on_stop_signal)
-            signal.signal(signal.SIGINT, _on_stop_signal)
 
     @property
     def position(self) -> dict[int, int]:
         return {int(p): o for p, o in self.rt.run.follow["position"].items()}
 
-    def stop_requested(self) -> bool:
-        return _stop_signal["seen"] or (Path(self.spec.checkpoint.dir) / STOP_FILE).exists()
-
     # ------------------------------------------------------------ the loop
     def run(self) -> dict:
         f = self.rt.run.follow
         try:
-            while not self.stopped:
+            while not self.rt.stop.agreed:
                 w = WindowSpec.from_dict(f["open"]) if f["open"] else self.next_window()
                 if w is None:
                     break
@@ -88,7 +72,8 @@ class Follower:
             decision = self._poll(opened) if self.rt.rank == 0 else None
             decision = dist.broadcast(decision)
             if decision["do"] == "stop":
-                self.stopped = decision.get("why") == "signal"
+                if decision.get("why") == "signal":
+                    self.rt.stop.agreed = decision["by"]
                 return None
             if decision["do"] == "window":
                 return WindowSpec.from_dict(decision["window"])
@@ -96,8 +81,8 @@ class Follower:
 
     def _poll(self, opened: float) -> dict:
         cfg, f, pos = self.cfg, self.rt.run.follow, self.position
-        if self.stop_requested():
-            return {"do": "stop", "why": "signal"}
+        if self.rt.stop.reason:   # rank 0 decides for all: its signal, or the stop file
+            return {"do": "stop", "why": "signal", "by": self.rt.stop.reason}
         if cfg.max_windows is not None and len(self.rt.run.history) >= cfg.max_windows:
             return {"do": "stop", "why": "max_windows"}
         high = self.highs()
@@ -136,7 +121,7 @@ class Follower:
         ds.replay_before = {s.partition: s.start for s in w.new}
         ds.resume(w.index, [c.slice for c in start.consumed])
         t_open = time.time()
-        trainer, stats = rt.run_pass(w.index, ds, start, f"window {w.index + 1}", handlers=[self._stop_check])
+        trainer, stats = rt.run_pass(w.index, ds, start, f"window {w.index + 1}")
         complete = ds.steps >= ds.plan.num_batches
         tally = trainer.tally
         correct, samples = dist.all_sum([float(tally.correct), tally.samples], rt.device)
@@ -160,17 +145,11 @@ class Follower:
                          record["samples_per_s"], record["prequential_accuracy"],
                          record["lag"]["records_behind_at_end"])
         rt.final_eval = {"val_loss": ev["val_loss"], "val_accuracy": ev["val_accuracy"]}
-        if complete or self.stopped:   # before the checkpoint, so the checkpoint's lineage names the snapshot
+        if not complete and rt.stop.agreed:
+            rt.note_stop("window", w.index, trainer, start)
+        if complete or rt.stop.agreed:   # before the checkpoint, so the checkpoint's lineage names the snapshot
             self.publish(w, rt.run.history[-1] if complete else None)
         rt.checkpoint(trainer)
-
-    def _stop_check(self, trainer) -> None:
-        """Every 10 steps the ranks agree whether to stop (a signal may reach one rank only)."""
-        @trainer.on(Events.ITERATION_COMPLETED(every=10))
-        def _check(engine):
-            if dist.all_sum([float(self.stop_requested())], self.rt.device)[0] > 0:
-                self.stopped = True
-                engine.terminate()
 
     def window_record(self, w: WindowSpec, stats: EpochStats, start, ev: dict, preq: float, t_open: float) -> dict:
         """The report's entry for one finished window; new and replayed ranges apart."""
@@ -187,7 +166,7 @@ class Follower:
                 "data_wait_fraction": stats.wait_s / max(stats.seconds, 1e-9),
                 "train_loss": stats.loss_sum / max(stats.samples, 1), "prequential_accuracy": preq,
                 "val_accuracy": ev["val_accuracy"], "val_loss": ev["val_loss"], "bad_records": window_bad.count,
-                "missing_records": stats.missing, "closed_at": w.closed_at, "started_at": t_open,
+                **absent_counts(stats.absent), "closed_at": w.closed_at, "started_at": t_open,
                 "finished_at": time.time(), "lag": lag,
                 "consumed": [c.to_dict() for c in sorted(new, key=lambda c: (c.partition, c.start))],
                 "replayed": [c.to_dict() for c in sorted(replayed, key=lambda c: (c.partition, c.start))]}
@@ -253,7 +232,7 @@ class Follower:
         out = rt.result()
         out["windows"], out["epochs"] = rt.run.history, []
         out["follow"] = {"start": rt.run.follow["start"], "position": rt.run.follow["position"],
-                         "stopped": self.stopped, "published": rt.run.follow.get("published")}
+                         "stopped": bool(rt.stop.agreed), "published": rt.run.follow.get("published")}
         if rt.rank == 0:
             write_json(Path(self.spec.run_dir) / "follow-result.json", out)
         return out

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from ddp_kbit.train.handlers import (
 from ddp_kbit.train.metrics import RankMetrics
 from ddp_kbit.train.models import make_model, parameter_count, spec_name
 from ddp_kbit.train.records import EpochStats, RunProgress, epoch_record
+from ddp_kbit.train.stopping import StopRequest
 from ddp_kbit.train.transforms import Transforms, batch_generator
 from ddp_kbit.train.usercode import CodeRef
 
@@ -206,11 +206,9 @@ def train_fn(spec: RunSpec) -> dict:
     """Entry point of each rank; it leaves the files of :mod:`rankfiles` in the run directory."""
     rank = int(os.environ.get("RANK", 0))
     rankfiles.started(spec.run_dir, rank)
-    # torchrun stops the other ranks with SIGTERM when one dies: say so, rather than vanish silently
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGTERM, _terminated)
+    stop = StopRequest(spec.checkpoint.dir).install()
     try:
-        result = _train(spec)
+        result = _train(spec, stop)
     except BaseException as exc:
         rankfiles.note_stalled_peers(spec.run_dir, rank, spec.collective_timeout_s)
         rankfiles.failed(spec.run_dir, rank, f"rank {rank}: {type(exc).__name__}: {exc}")
@@ -230,15 +228,7 @@ def placement(rank: int) -> dict:
             "started_at": time.time()}
 
 
-class Terminated(RuntimeError):
-    pass
-
-
-def _terminated(signum, frame):
-    raise Terminated("stopped by SIGTERM (a peer rank failed, or the run was cancelled)")
-
-
-def _train(spec: RunSpec) -> dict:
+def _train(spec: RunSpec, stop: StopRequest) -> dict:
     rank = int(os.environ.get("RANK", 0))
     if spec.use_gpu and not torch.cuda.is_available():
         raise UserError(f"--gpu, but rank {rank} on {socket.gethostname()} sees no CUDA device "
@@ -250,7 +240,7 @@ def _train(spec: RunSpec) -> dict:
                    secrets=spec.kafka.secrets + spec.source.secrets)
     log.info("rank %d/%d on %s: %d torch threads, cpus %s, OMP_NUM_THREADS=%s", rank, world, device,
              torch.get_num_threads(), sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))
-    rt = RankTrainer(spec, rank, world, device)
+    rt = RankTrainer(spec, rank, world, device, stop=stop)
     rt.placement = dist.gather(placement(rank))
     if spec.resume_from:
         rt.restore(spec.resume_from)
@@ -260,6 +250,8 @@ def _train(spec: RunSpec) -> dict:
 
             return Follower(rt).run()
         for epoch in range(rt.run.epoch, spec.train.epochs):
+            if rt.stop.check(device):   # asked between epochs: the last epoch's checkpoint holds it all
+                break
             rt.train_epoch(epoch)
         return rt.result()
     finally:
@@ -273,7 +265,7 @@ class MemoryBatches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch: int):
         self.x, self.y, self.batch = images, labels, batch
-        self.consumed, self.used_bad, self.used_missing, self.wait_seconds = [], [], [], 0.0
+        self.consumed, self.used_bad, self.used_absent, self.wait_seconds = [], [], [], 0.0
 
     def __len__(self) -> int:
         return (len(self.y) + self.batch - 1) // self.batch
@@ -293,9 +285,12 @@ class RankTrainer:
     """One rank's model, optimizer and :class:`RunProgress`, with checkpoints of all of it.
     ``source``: the train batches (default: the train topic as a :class:`KafkaDataset`)."""
 
-    def __init__(self, spec: RunSpec, rank: int, world: int, device: torch.device, source=None):
+    def __init__(self, spec: RunSpec, rank: int, world: int, device: torch.device, source=None,
+                 stop: StopRequest | None = None):
         cfg = self.cfg = spec.train
         self.spec, self.rank, self.world, self.device = spec, rank, world, device
+        self.stop = stop or StopRequest(spec.checkpoint.dir)
+        self.stopped: dict | None = None   # where a graceful stop left the run
         use_cuda = device.type == "cuda"
         torch.manual_seed(cfg.seed)   # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
         model = make_model(spec.model, spec.train_topic.shape, spec.num_classes).to(device)
@@ -374,6 +369,10 @@ class RankTrainer:
         start = dataclasses.replace(self.run)
         self.source.resume(epoch, [c.slice for c in start.consumed])
         trainer, stats = self.run_pass(epoch, self.source, start, f"epoch {epoch + 1}/{self.cfg.epochs}")
+        if self.stop.agreed:   # mid-epoch: the checkpoint holds what went into steps; --resume does the rest
+            self.note_stop("epoch", epoch, trainer, start)
+            self.checkpoint(trainer)
+            return
         self.final_eval = self.evaluate() if evaluate else {"val_loss": float("nan"), "val_accuracy": float("nan")}
         self.share_forwarded()
         record = epoch_record(epoch, stats, self.world, self.run.consumed, self.final_eval)
@@ -405,6 +404,7 @@ class RankTrainer:
         if spec.progress and self.rank == 0:
             attach_progress(trainer, desc)
         attach_heartbeat(trainer, lambda: rankfiles.beat(spec.run_dir, self.rank))
+        self.stop.attach(trainer, self.device)
         if self.metrics is not None:
             self.metrics.attach(trainer, ds, spec.train_topic.topic, key, spec.follow is not None)
         for attach in handlers:
@@ -414,6 +414,14 @@ class RankTrainer:
         if len(ds):   # empty: a resume right at the end of a pass, nothing left to train
             trainer.run(ds, max_epochs=1, epoch_length=len(ds))
         return trainer, self.snapshot(start, trainer, ds, t0)
+
+    def note_stop(self, unit: str, index: int, trainer: Engine, start: RunProgress) -> None:
+        """Where the graceful stop left the run: the pass and the optimizer steps taken in it."""
+        self.stopped = {"by": self.stop.agreed, unit: index + 1, "step": trainer.tally.global_step - start.global_step,
+                        "global_step": trainer.tally.global_step}
+        if self.rank == 0:
+            log.warning("stopping (%s) after step %d of %s %d, with a checkpoint", self.stop.agreed,
+                        self.stopped["step"], unit, index + 1)
 
     def checkpoint(self, engine: Engine) -> None:
         """An atomic checkpoint, then (rank 0) the trained offsets committed for lag tools
@@ -453,7 +461,7 @@ class RankTrainer:
         tally = engine.tally
         now = EpochStats.from_list(dist.all_sum(
             [float(tally.loss_sum), tally.samples, ds.wait_seconds, time.perf_counter() - t0,
-             len(ds.used_bad), len(ds.used_missing)], self.device))
+             len(ds.used_bad), len(ds.used_absent)], self.device))
         consumed, bad = zip(*dist.gather((ds.consumed, ds.used_bad)))
         self.run.global_step = tally.global_step
         self.run.consumed = start.consumed + [c for part in consumed for c in part]
@@ -465,6 +473,9 @@ class RankTrainer:
 
     def result(self) -> dict:
         """The run's result, the same on every rank."""
+        if self.final_eval is None and self.stop.agreed:   # a stop is quick: no evaluation
+            self.final_eval = self.run.history[-1] if self.run.history else \
+                {"val_loss": float("nan"), "val_accuracy": float("nan")}
         if self.final_eval is None:  # resumed from a finished run: just evaluate
             self.final_eval = self.evaluate()
         model_path = Path(self.spec.run_dir) / "model.pt"
@@ -476,4 +487,14 @@ class RankTrainer:
                                                       "checkpoint": str(last) if last else None,
                                                       "model": str(model_path)},
                 "model": {"spec": self.spec.model_spec, "parameters": self.parameters},
-                "bad_records": self.run.bad.to_dict(), "world_size": self.world, "ranks": self.placement}
+                "bad_records": self.run.bad.to_dict(), "world_size": self.world, "ranks": self.placement,
+                "stopped": self.stopped_at(last)}
+
+    def stopped_at(self, last) -> dict | None:
+        """A graceful stop's place (stopped between epochs: after the last one finished)."""
+        if not self.stop.agreed:
+            return None
+        unit = "window" if self.spec.follow is not None else "epoch"
+        where = self.stopped or {"by": self.stop.agreed, unit: self.run.epoch, "step": None,
+                                 "global_step": self.run.global_step}
+        return {**where, "checkpoint": str(last) if last else None}

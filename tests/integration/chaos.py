@@ -2,8 +2,9 @@
 ``--handler tests/integration/chaos.py:at_step`` (a file handler: it travels with the
 run, so ranks on executors need nothing installed). What it does is read from
 ``<run dir>/chaos.json`` (written by :func:`arm`): at global ``step`` on ``rank``,
-``raise`` (a Python error), ``kill`` (SIGKILL, no chance to say anything) or ``stop``
-(SIGSTOP: alive, never responding again). Fires once per checkpoint directory (a
+``raise`` (a Python error), ``kill`` (SIGKILL, no chance to say anything), ``stop``
+(SIGSTOP: alive, never responding again) or ``sigterm`` (SIGTERM to the process whose
+pid the test wrote in ``<run dir>/driver.pid``, as a scheduler preempting the run would). Fires once per checkpoint directory (a
 marker file), so a restarted or resumed run goes on."""
 import json
 import os
@@ -35,4 +36,7 @@ def at_step(trainer, ctx):
             marker.write_text(str(cfg["step"]))
             if cfg["action"] == "raise":
                 raise RuntimeError(f"injected failure at step {cfg['step']}")
+            if cfg["action"] == "sigterm":
+                os.kill(int((Path(ctx.run_dir) / "driver.pid").read_text()), signal.SIGTERM)
+                return
             os.kill(os.getpid(), signal.SIGKILL if cfg["action"] == "kill" else signal.SIGSTOP)

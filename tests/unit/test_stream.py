@@ -265,7 +265,7 @@ def test_several_slices_of_one_partition_are_all_read():
         batches = list(ds)
         got = sorted((p, o) for k in range(plan.num_batches) for _, p, o in plan.batch_offsets(k))
         assert got == sorted((s.partition, o) for s in rest for o in range(s.start, s.end))
-        assert sum(len(b) for b in batches) == sum(len(s) for s in rest) and not any(b.missing for b in batches)
+        assert sum(len(b) for b in batches) == sum(len(s) for s in rest) and not any(b.absent for b in batches)
         ds.steps = plan.num_batches
         assert sum(c.count for c in ds.consumed) == sum(len(s) for s in rest)
 
@@ -278,12 +278,54 @@ def test_a_plan_that_goes_back_in_a_partition_is_read_with_a_seek():
     assert torch.equal(second.images, torch.from_numpy(np.stack([images[(0, o)] for o in range(10)])))
 
 
-def test_offsets_the_log_lacks_are_missing_not_bad_and_not_counted():
+def test_offsets_the_log_lacks_are_absent_not_bad_and_not_counted():
     logs, _ = make_logs([50])
     logs[("t", 0)] = [r for r in logs[("t", 0)] if r[0] not in (3, 4, 30)]   # compacted away
     plan = plan_epoch([Slice("t", 0, 0, 50)], 1, 10, shuffle=Shuffle("window", chunk=16, window=20))[0]
     ds = dataset(logs, plan, stall_timeout_s=0.3)
     for b in ds:
         ds.mark_used(b)
-    assert sorted(o for _, _, o in ds.used_missing) == [3, 4, 30]
+    assert sorted(o for _, _, o in ds.used_absent) == [3, 4, 30]
     assert sum(c.count for c in ds.consumed) == 47 and sum(c.end - c.start for c in ds.consumed) == 50
+
+
+class MarkerConsumer(CannedConsumer):
+    """A transactional topic as librdkafka serves it: commit/abort markers hold offsets
+    no record is delivered for, and the client's position passes them (it knows no
+    position after a seek until it reads past one)."""
+
+    def __init__(self, logs, end: dict):
+        super().__init__(logs)
+        self.end, self.known = end, set()
+
+    def seek(self, t, p, o):
+        super().seek(t, p, o)
+        self.known.discard((t, p))
+
+    def poll_runs(self, max_records, timeout):
+        runs = super().poll_runs(max_records, timeout)
+        for tp, o in self.pos.items():
+            if tp not in self.paused:
+                later = [r[0] for r in self.logs[tp] if r[0] >= o]
+                self.pos[tp] = later[0] if later else self.end[tp]   # past the markers
+                self.known.add(tp)
+        return runs
+
+    def position(self, t, p):
+        return self.pos.get((t, p)) if (t, p) in self.known else None
+
+
+@pytest.mark.timeout(120)   # a reader that waits for a marker waits out its stall timeout (600 s) instead
+@pytest.mark.parametrize("shuffle", [Shuffle("window", chunk=16, window=48), NO_SHUFFLE])
+def test_offsets_a_fetch_skips_are_absent_at_once_never_waited_for(shuffle):
+    logs, _ = make_logs([100, 100])
+    markers = {("t", 0): {15, 31, 47, 63, 99}, ("t", 1): {0, 50, 99}}   # chunk ends, a partition's first and last
+    for tp, skip in markers.items():
+        logs[tp] = [r for r in logs[tp] if r[0] not in skip]
+    plan = plan_epoch([Slice("t", 0, 0, 100), Slice("t", 1, 0, 100)], 1, 10, shuffle=shuffle)[0]
+    consumer = MarkerConsumer(logs, {("t", 0): 100, ("t", 1): 100})
+    ds = dataset(logs, plan, consumer=consumer, stall_timeout_s=600)
+    for b in ds:
+        ds.mark_used(b)
+    assert sorted((p, o) for _, p, o in ds.used_absent) == sorted((tp[1], o) for tp, s in markers.items() for o in s)
+    assert sum(c.count for c in ds.consumed) == 192 and sum(c.end - c.start for c in ds.consumed) == 200
