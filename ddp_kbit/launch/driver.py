@@ -14,6 +14,7 @@ from ddp_kbit.data.dead_letters import dlq_topic, read_dead_letters
 from ddp_kbit.data.publish import ensure_published
 from ddp_kbit.data.source import describe
 from ddp_kbit.errors import UserError
+from ddp_kbit.files import DirectoryLock
 from ddp_kbit.launch import spark
 from ddp_kbit.launch.metrics import DriverMetrics
 from ddp_kbit.train import checkpoint, models, rankfiles, usercode
@@ -81,6 +82,10 @@ def check_user_code(model, transforms, augment: bool, shape, num_classes: int) -
     return count
 
 
+def checkpoint_dir(job: JobConfig, run_dir: Path) -> Path:
+    return Path(job.checkpoint.dir).expanduser().resolve() if job.checkpoint.dir else run_dir / "checkpoints"
+
+
 def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path, model=None,
                transforms=()) -> RunSpec:
     """``manifests``: train and test, as far as the broker holds them; ``model`` and
@@ -90,8 +95,8 @@ def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path
     model, transforms, handlers = user_code(job, model, transforms)
     params = check_user_code(model, transforms, job.train.augment, train.shape, classes)
     log.info("model %s: %d parameters", getattr(model, "spec", model), params)
-    ckpt_dir = Path(job.checkpoint.dir).expanduser().resolve() if job.checkpoint.dir else run_dir / "checkpoints"
-    found = checkpoint.latest(ckpt_dir)
+    ckpt_dir = checkpoint_dir(job, run_dir)
+    found = checkpoint.latest_readable(ckpt_dir) if job.checkpoint.resume else checkpoint.latest(ckpt_dir)
     if job.checkpoint.resume and found is None:
         raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
     if not job.checkpoint.resume and found is not None:
@@ -146,10 +151,11 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
             if "No module named 'ddp_kbit'" in reason:
                 reason += " (the executors' Python lacks the package: pass --ship-package)"
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": reason})
-            if restarts >= job.checkpoint.max_restarts or stop_file(spec.checkpoint.dir).exists():
+            if restarts >= job.checkpoint.max_restarts or stop_file(spec.checkpoint.dir).exists() \
+                    or rankfiles.final(spec.run_dir):
                 raise UserError(f"training failed after {restarts} restart(s): {reason} (the ranks' whole output: "
                                 f"{ranks_log(spec.run_dir)})") from None
-            found = checkpoint.latest(spec.checkpoint.dir)
+            found = checkpoint.latest_readable(spec.checkpoint.dir)
             restarts += 1
             if metrics is not None:
                 metrics.restarts.inc()
@@ -198,8 +204,12 @@ def describe_failure(text: str, failures: dict[int, str], started: set[int] = fr
     else:
         return last_line(text)
     head = failures.get(first) or _how_it_ended(first, *how.get(first, (None, None)))
-    others = [line for r, line in failures.items() if r != first]
+    others = [line for r, line in failures.items() if r != first and not _AFTERMATH.search(line)]
     return head + "".join(f"; then {line}" for line in others[:2])
+
+
+# a peer's collective failing because the first rank is gone says nothing new
+_AFTERMATH = re.compile(r"Connection (closed|reset) by peer|stopped at once by a second signal|Broken pipe")
 
 
 def _how_it_ended(rank: int, code: int | None, signame: str | None) -> str:
@@ -264,21 +274,23 @@ def follow_start(kcfg: KafkaConfig, m: manifest.Manifest, cfg: FollowConfig) -> 
 
 def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, transforms=()) -> dict:
     """``kcfg``: the job's Kafka config with reachable servers (the embedded broker's, if any)."""
-    manifests, missing = {}, []
-    for split, m in resolve_topics(kcfg, job.data, job.general.progress, job.source).items():
-        if job.train.follow and split == "train":
-            manifests[split] = m   # a followed topic grows past its manifest: the broker says what is there
-            continue
-        manifests[split], gone = manifest.check_on_broker(kcfg, m, job.data.allow_missing_records)
-        missing += gone
-    spec = build_spec(job, kcfg, manifests, run_dir, model, transforms)
-    if job.train.follow:
-        spec = replace(spec, follow=job.follow, follow_start=follow_start(kcfg, manifests["train"], job.follow))
-        log.info("following %s from %s", spec.train_topic.topic, spec.follow_start)
-    log.info("training on %s (%d records, %d partitions), testing on %s; %d processes, %s",
-             manifests["train"].topic, manifests["train"].record_count, len(manifests["train"].partitions),
-             manifests["test"].topic, job.spark.num_processes, "barrier mode" if job.spark.distributed else "local mode")
-    launched, restarts, attempts = run_with_restarts(job, spec)
+    with DirectoryLock(checkpoint_dir(job, run_dir)):   # one run at a time per checkpoint directory, first
+        manifests, missing = {}, []
+        for split, m in resolve_topics(kcfg, job.data, job.general.progress, job.source).items():
+            if job.train.follow and split == "train":
+                manifests[split] = m   # a followed topic grows past its manifest: the broker says what is there
+                continue
+            manifests[split], gone = manifest.check_on_broker(kcfg, m, job.data.allow_missing_records)
+            missing += gone
+        spec = build_spec(job, kcfg, manifests, run_dir, model, transforms)
+        if job.train.follow:
+            spec = replace(spec, follow=job.follow, follow_start=follow_start(kcfg, manifests["train"], job.follow))
+            log.info("following %s from %s", spec.train_topic.topic, spec.follow_start)
+        log.info("training on %s (%d records, %d partitions), testing on %s; %d processes, %s",
+                 manifests["train"].topic, manifests["train"].record_count, len(manifests["train"].partitions),
+                 manifests["test"].topic, job.spark.num_processes,
+                 "barrier mode" if job.spark.distributed else "local mode")
+        launched, restarts, attempts = run_with_restarts(job, spec)
     dropped = read_dead_letters(kcfg, [spec.train_topic.topic]).value_dropped
     in_run = sum(1 for t, p, o in dropped if spec.train_topic.partitions.get(p, (0, 0))[0] <= o
                  < spec.train_topic.partitions.get(p, (0, 0))[1])

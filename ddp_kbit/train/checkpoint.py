@@ -1,6 +1,9 @@
 """Checkpoints: ignite's ``Checkpoint`` handler writing through ``DiskSaver(atomic=True)``
 (plus an fsync, so a crash right after the rename cannot leave an empty file),
-keeping the newest few, named by global step; loaded with ``weights_only=True``.
+keeping the newest few, named by global step; loaded with ``weights_only=True``. A
+full disk is one line naming the directory and the size a checkpoint needs (the
+newest complete checkpoint stays the newest); a resume skips unreadable (truncated)
+checkpoints for the newest readable one.
 
 A checkpoint holds model, optimizer, scheduler and scaler state and the run's
 :class:`~ddp_kbit.train.records.RunProgress`: enough to resume with exact epochs,
@@ -8,11 +11,15 @@ even on a different number of processes. Nothing is ever unpickled from it.
 """
 from __future__ import annotations
 
+import errno
+import io
+import logging
 import os
 import pickle
 import re
+import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -20,22 +27,65 @@ from ignite.handlers import Checkpoint, DiskSaver
 
 from ddp_kbit.errors import CheckpointError, first_line
 
+log = logging.getLogger(__name__)
 PREFIX = "ckpt"
 NAME = re.compile(rf"^{PREFIX}-s(\d+)\.pt$")
 
 
-def _save_durably(obj, fh, **kwargs) -> None:
-    torch.save(obj, fh, **kwargs)
-    fh.flush()
-    os.fsync(fh.fileno())
+MARGIN = 1 << 20   # free bytes a checkpoint leaves (a full file system misbehaves)
+
+
+class DiskFullError(CheckpointError):
+    """No room for a checkpoint: no restart can help."""
+
+
+def serialize(obj) -> memoryview:
+    """The checkpoint's bytes, made before anything touches the disk: their size is
+    known, and a full disk cannot leave half a file (memory for one more copy of the
+    state, briefly)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer()
+
+
+def check_room(directory: Path, size: int, free: Callable[[Path], int] | None = None) -> None:
+    free_bytes = (free or (lambda d: shutil.disk_usage(d).free))(directory)
+    if free_bytes < size + MARGIN:
+        raise DiskFullError(disk_full(directory, size, free_bytes))
+
+
+def disk_full(directory: Path, size: int, free_bytes: int | None = None) -> str:
+    newest = latest(directory)
+    have = f", {free_bytes / 2**20:.1f} MiB free" if free_bytes is not None else ""
+    return (f"checkpoint directory {directory} is full: a checkpoint needs {size / 2**20:.1f} MiB{have}; the newest "
+            f"complete checkpoint is {newest.name if newest else 'none'} (free space, or --checkpoint-dir elsewhere)")
 
 
 class _DurableDiskSaver(DiskSaver):
+    """ignite's atomic DiskSaver, writing bytes serialised first (size known: a full
+    disk is one clear error, before a byte is written), fsynced before the rename."""
+
+    free: Callable[[Path], int] | None = None   # tests: a file system's free bytes
+
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         import ignite.distributed as idist
 
-        if self.save_on_rank == idist.get_rank():
-            self._save_func(checkpoint, self.dirname / filename, _save_durably)
+        if self.save_on_rank != idist.get_rank():
+            return
+        data = serialize(checkpoint)
+        check_room(self.dirname, len(data), self.free)
+        try:
+            self._save_func(data, self.dirname / filename, _write_durably)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):   # filled up meanwhile
+                raise DiskFullError(disk_full(self.dirname, len(data))) from None
+            raise CheckpointError(f"cannot write a checkpoint in {self.dirname}: {exc.strerror}") from None
+
+
+def _write_durably(data: memoryview, fh) -> None:
+    fh.write(data)
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def checkpointer(directory: str | Path, to_save: Mapping, keep: int) -> Checkpoint:
@@ -59,6 +109,29 @@ def _found(directory: str | Path) -> list[tuple[int, Path]]:
 def latest(directory: str | Path) -> Path | None:
     found = _found(directory)
     return found[-1][1] if found else None
+
+
+def latest_readable(directory: str | Path) -> Path | None:
+    """The newest checkpoint that loads (a node that lost power mid-copy leaves a
+    truncated newest one: each unreadable one is skipped with a warning naming it).
+    None when there is none; one line when there are some but none loads."""
+    found = _found(directory)
+    bad = []
+    for _, path in reversed(found):
+        try:
+            load(path)
+        except CheckpointError as exc:
+            log.warning("skipping %s", exc)
+            bad.append(path.name)
+            continue
+        if bad:
+            log.warning("resuming from %s, the newest readable checkpoint (unreadable: %s)", path.name,
+                        ", ".join(bad))
+        return path
+    if bad:
+        raise CheckpointError(f"no checkpoint in {directory} is readable ({', '.join(bad)}); start without --resume "
+                              "or with another --checkpoint-dir")
+    return None
 
 
 def load(path: str | Path) -> dict:

@@ -40,6 +40,7 @@ from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slice
 from ddp_kbit.data.stream import StreamBatch, to_device
 from ddp_kbit.errors import UserError
 from ddp_kbit.train import checkpoint, dist, rankfiles
+from ddp_kbit.train.checkpoint import DiskFullError
 from ddp_kbit.train.handlers import (
     HandlerContext,
     attach_every_steps,
@@ -211,7 +212,9 @@ def train_fn(spec: RunSpec) -> dict:
         result = _train(spec, stop)
     except BaseException as exc:
         rankfiles.note_stalled_peers(spec.run_dir, rank, spec.collective_timeout_s)
-        rankfiles.failed(spec.run_dir, rank, f"rank {rank}: {type(exc).__name__}: {exc}")
+        # a user's error is its own line; anything else names its type (the traceback is in ranks.log)
+        what = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        rankfiles.failed(spec.run_dir, rank, f"rank {rank}: {what}", final=isinstance(exc, DiskFullError))
         raise
     finally:
         dist.teardown()

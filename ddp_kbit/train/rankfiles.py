@@ -5,7 +5,8 @@ both sides: ranks write, the driver reads.
 
     rank<N>.pid          "<pid> <host>" while the rank runs (removed when it finishes);
                          its modification time is the rank's last sign of progress
-    failure.rank<N>.txt  the rank's own one-line reason, on a Python error
+    failure.rank<N>.txt  the rank's own one-line reason, on a Python error (a second line
+                         when no restart can help)
     stalled.rank<N>.txt  written by a rank whose collective failed, about peer N: alive
                          (or at least silent) but no progress for the collective timeout
 """
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 _PID, _FAILURE, _STALLED = "rank{}.pid", "failure.rank{}.txt", "stalled.rank{}.txt"
+_FINAL = "final: no restart can help"
 _STATES = {"T": "stopped", "t": "stopped by a debugger", "D": "in uninterruptible I/O", "Z": "a zombie",
            "R": "running", "S": "sleeping"}
 
@@ -38,9 +40,10 @@ def finished(run_dir: str | Path, rank: int) -> None:
     (Path(run_dir) / _PID.format(rank)).unlink(missing_ok=True)
 
 
-def failed(run_dir: str | Path, rank: int, line: str) -> None:
+def failed(run_dir: str | Path, rank: int, line: str, final: bool = False) -> None:
+    """The rank's one-line reason; ``final``: no restart can help (a full disk)."""
     with contextlib.suppress(OSError):
-        (Path(run_dir) / _FAILURE.format(rank)).write_text(line)
+        (Path(run_dir) / _FAILURE.format(rank)).write_text(line + ("\n" + _FINAL if final else ""))
 
 
 def note_stalled_peers(run_dir: str | Path, rank: int, timeout_s: float) -> dict[int, str]:
@@ -84,6 +87,15 @@ def clear(run_dir: str | Path) -> None:
 def failures(run_dir: str | Path) -> dict[int, str]:
     """Rank -> the one line its failure file holds, oldest first."""
     return _lines(run_dir, _FAILURE)
+
+
+def final(run_dir: str | Path) -> bool:
+    """Whether a rank failed in a way no restart can help."""
+    for f in Path(run_dir).glob(_FAILURE.format("*")):
+        with contextlib.suppress(OSError):
+            if f.read_text().splitlines()[1:2] == [_FINAL]:
+                return True
+    return False
 
 
 def stalled(run_dir: str | Path) -> dict[int, str]:

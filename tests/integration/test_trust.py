@@ -115,3 +115,72 @@ def test_sigterm_in_epoch_mode_stops_after_a_step_with_a_checkpoint_and_resume_i
     report = json.loads((run_b / "report.json").read_text())
     assert len(report["epochs"]) == 2 and "stopped" not in report
     assert_exact_epochs(report, m)   # the first epoch: what the stopped run trained + the rest, each once
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system with room for about one checkpoint of the tests' model (~5 MiB)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, f"this test needs to mount a tmpfs (root): {r.stderr}"
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_checkpoint_disk_is_one_line_and_the_last_complete_checkpoint_stays(kcfg, test_topic, small_disk,
+                                                                                   tmp_path):
+    m = write_topic(kcfg, f"trust.disk.{time.time_ns()}", [600, 600])
+    t0 = time.monotonic()
+    r = subprocess.run(cli(kcfg, tmp_path / "run", "--train-topic", m.topic, "--test-topic", test_topic.topic,
+                           "--epochs", "1", "--num-processes", "2", "--checkpoint-every", "4", "--max-restarts", "2",
+                           "--checkpoint-dir", str(small_disk)), capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    assert r.returncode == 1, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert re.fullmatch(rf"ddp-kbit: error: training failed after 0 restart\(s\): rank 0: checkpoint directory "
+                        rf"{re.escape(str(small_disk))} is full: a checkpoint needs \d+\.\d MiB, \d+\.\d MiB free; the "
+                        r"newest complete checkpoint is ckpt-s000000004\.pt .*", lines[-1]), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "inline_container" not in r.stderr   # no restart either: it cannot help
+    assert sorted(p.name for p in small_disk.glob("ckpt-*")) == ["ckpt-s000000004.pt"]
+    assert not [p for p in small_disk.iterdir() if p.name.startswith("tmp")]   # no half-written file left
+    print(f"full disk: rc {r.returncode} in {took:.1f} s: {lines[-1]}")
+
+
+def test_resume_skips_a_truncated_newest_checkpoint_for_the_newest_readable_one(kcfg, spark, test_topic, tmp_path,
+                                                                               caplog):
+    m = write_topic(kcfg, f"trust.trunc.{time.time_ns()}", [600, 600])
+    ckpt = tmp_path / "ckpt"
+    common = {"train_topic": m.topic, "test_topic": test_topic.topic, "epochs": 2, "num_processes": 2,
+              "checkpoint_dir": str(ckpt), "batch_size": 32}
+    with pytest.raises(Exception, match="injected failure at step 30"):
+        fit(kcfg, tmp_path / "a", checkpoint_every=8, crash_at=30, **common)
+    saved = sorted(ckpt.glob("ckpt-*.pt"))
+    assert [p.name for p in saved] == ["ckpt-s000000016.pt", "ckpt-s000000019.pt", "ckpt-s000000024.pt"]
+    saved[-1].write_bytes(saved[-1].read_bytes()[:4096])   # the node lost power mid-copy
+    with caplog.at_level("WARNING", logger="ddp_kbit"):
+        report = fit(kcfg, tmp_path / "b", resume=True, **common)
+    assert "ckpt-s000000024.pt is unreadable" in caplog.text and "resuming from ckpt-s000000019.pt" in caplog.text
+    assert_exact_epochs(report, m)
+
+
+def test_a_second_run_on_the_same_checkpoint_directory_is_refused_naming_the_holder(kcfg, test_topic, tmp_path):
+    m = write_topic(kcfg, f"trust.lock.{time.time_ns()}", [1500, 1500])
+    ckpt = tmp_path / "ckpt"
+    args = ["--train-topic", m.topic, "--test-topic", test_topic.topic, "--num-processes", "2",
+            "--checkpoint-dir", str(ckpt)]
+    first = subprocess.Popen(cli(kcfg, tmp_path / "a", *args, "--epochs", "5"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert started_training(tmp_path / "a"), first.communicate(timeout=60)[1][-3000:]
+    t0 = time.monotonic()
+    second = subprocess.run(cli(kcfg, tmp_path / "b", *args, "--epochs", "1"), capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert second.returncode == 1
+    line = second.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"ddp-kbit: error: {re.escape(str(ckpt))} is in use by another run \(pid {first.pid} on "
+                        r"\S+, since [\d-]+ [\d:]+\); wait for it to end, or choose another --checkpoint-dir", line), \
+        second.stderr[-2000:]
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]   # the first run never noticed
+    assert_exact_epochs(json.loads((tmp_path / "a" / "report.json").read_text()), m)
+    print(f"lock: rc {second.returncode} in {took:.1f} s: {line}")
