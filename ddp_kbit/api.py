@@ -81,6 +81,7 @@ def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields:
         fields = {**fields, "model": model}
         model = None
     job = job_from(config, **fields)
+    spark.preflight(job.spark)   # GPUs, the master, settings: before Kafka or Spark is touched
     run_dir = make_run_dir(job.general.run_dir)
     with reachable(job.kafka, run_dir) as kcfg, spark.session_scope():
         report = driver.run_training(job, kcfg, run_dir, model=model, transforms=tuple(transforms))

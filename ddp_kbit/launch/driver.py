@@ -17,6 +17,7 @@ from ddp_kbit.errors import UserError
 from ddp_kbit.files import DirectoryLock
 from ddp_kbit.launch import spark
 from ddp_kbit.launch.metrics import DriverMetrics
+from ddp_kbit.launch.spark_errors import exception_line, known_failure
 from ddp_kbit.train import checkpoint, models, rankfiles, usercode
 from ddp_kbit.train.loop import RunSpec, train_fn
 from ddp_kbit.train.stopping import stop_file
@@ -224,13 +225,21 @@ _PY_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)):\s
 
 
 def last_line(text: str) -> str:
-    """The most telling line of a launcher's error: the last Python exception line
-    (``ModuleNotFoundError: ...``) rather than a Java frame or Spark's own wrapper."""
+    """The most telling line of a launcher's error: a known Spark failure's line, else
+    the last Python exception line (``ModuleNotFoundError: ...``), else the JVM's
+    exception line; never a Java frame or Spark's own wrapper."""
+    known = known_failure(text)
+    if known:
+        return known
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     python = [ln for ln in lines if _PY_ERROR.match(ln) and not ln.startswith(("org.", "java.", "scala.", "py4j."))]
-    for ln in reversed(python or [ln for ln in lines if _PY_ERROR.match(ln)]):
+    for ln in reversed(python):
         return ln[:500]
-    return (lines[-1] if lines else "unknown failure")[:500]
+    jvm = exception_line(text)
+    if jvm:
+        return jvm[:500]
+    plain = [ln for ln in lines if not ln.startswith(("at ", "..."))]
+    return (plain[-1] if plain else "unknown failure")[:500]
 
 
 def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict], restarts: int, dlq: str,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,6 +26,7 @@ from urllib.parse import urlparse
 from ddp_kbit import assets
 from ddp_kbit.config import SparkConfig
 from ddp_kbit.errors import ConfigError, UserError
+from ddp_kbit.launch.spark_errors import spark_line
 
 log = logging.getLogger(__name__)
 DISCOVERY_KEYS = ("spark.executor.resource.gpu.discoveryScript", "spark.driver.resource.gpu.discoveryScript")
@@ -194,6 +198,41 @@ def _spark_home() -> str:
     return str(Path(pyspark.__file__).parent)
 
 
+def preflight(cfg: SparkConfig) -> None:
+    """What can be checked before Spark (or Kafka) is touched, each in one line: the
+    settings files, GPUs for a local master, a standalone master that answers."""
+    from pyspark.sql import SparkSession
+
+    if under_spark_submit() or SparkSession.getActiveSession() is not None:
+        return   # the session exists: what it has is what there is
+    conf = session_conf(cfg)
+    master = conf.get("spark.master", "")
+    if cfg.gpu and master.startswith("local["):
+        have = discovered(conf.get("spark.driver.resource.gpu.discoveryScript"))
+        if have < cfg.num_processes:
+            raise ConfigError(f"--gpu: this machine has {have} GPU{'s' if have != 1 else ''}, {cfg.num_processes} "
+                              f"processes need {cfg.num_processes}")
+    if master.startswith("spark://"):
+        for hostport in master.removeprefix("spark://").split(","):
+            host, _, port = hostport.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+            except (OSError, ValueError):
+                raise UserError(f"cannot reach the Spark master {master} ({hostport} does not answer): is it "
+                                "running, and is --master right?") from None
+
+
+def discovered(script: str | None) -> int:
+    """GPUs a Spark discovery script reports (what Spark would count)."""
+    if not script:
+        return 0
+    try:
+        out = subprocess.run([script], capture_output=True, text=True, timeout=30).stdout
+        return len([a for a in json.loads(out).get("addresses", []) if str(a).strip()])
+    except (OSError, ValueError, subprocess.TimeoutExpired, AttributeError):
+        return 0
+
+
 def on_loopback(master: str) -> bool:
     """A local master, or a standalone one on this machine's loopback address."""
     return master.startswith("local") or urlparse(master).hostname in ("127.0.0.1", "localhost")
@@ -215,7 +254,13 @@ def get_session(cfg: SparkConfig):
     builder = SparkSession.builder
     for k, v in conf.items():
         builder = builder.config(k, v)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:   # a JVM failure: its exception line, never a stack frame
+        line = spark_line(str(exc))
+        if line is None:
+            raise
+        raise UserError(f"Spark did not start: {line}") from None
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

@@ -184,3 +184,18 @@ def test_a_second_run_on_the_same_checkpoint_directory_is_refused_naming_the_hol
     assert first.returncode == 0, err[-3000:]   # the first run never noticed
     assert_exact_epochs(json.loads((tmp_path / "a" / "report.json").read_text()), m)
     print(f"lock: rc {second.returncode} in {took:.1f} s: {line}")
+
+
+def test_gpu_without_gpus_and_an_unreachable_master_are_one_line_before_spark_starts(kcfg, test_topic, tmp_path):
+    base = ["--train-topic", test_topic.topic, "--test-topic", test_topic.topic, "--epochs", "1"]
+    for extra, expect in ((["--gpu", "--num-processes", "2"], r"ddp-kbit: error: --gpu: this machine has 0 GPUs, "
+                                                               r"2 processes need 2"),
+                          (["--master", "spark://127.0.0.1:9", "--distributed"],
+                           r"ddp-kbit: error: cannot reach the Spark master spark://127.0.0.1:9 \(127.0.0.1:9 does "
+                           r"not answer\): is it running, and is --master right\?")):
+        t0 = time.monotonic()
+        r = subprocess.run(cli(kcfg, tmp_path, *base, *extra), capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t0
+        assert r.returncode in (1, 2) and re.fullmatch(expect, r.stderr.strip()), r.stderr[-3000:]
+        assert not (tmp_path / "ranks.log").exists()   # nothing was launched
+        print(f"{' '.join(extra)}: rc {r.returncode} in {took:.1f} s: {r.stderr.strip()}")

@@ -135,3 +135,43 @@ def test_the_terminal_sees_the_ranks_log_lines_but_no_traceback_or_failure_summa
     assert [s.strip() for s in shown if s.strip()] == [
         "2026-12-05 12:00:00 rank0 INFO ddp_kbit.train: epoch 1: train_loss 0.5",
         "2026-12-05 12:00:03 rank0 WARNING ddp_kbit.train: still here"]
+
+
+GPU_TEXT = """An error occurred while calling None.org.apache.spark.api.java.JavaSparkContext.
+: java.lang.IllegalArgumentException: requirement failed: Resource: gpu, with addresses:  is less than what the \
+user requested: 2)
+\tat scala.Predef$.require(Predef.scala:337)
+\tat org.apache.spark.resource.ResourceUtils$.assertResourceAllocationMeetsRequest(ResourceUtils.scala:291)
+\tat py4j.ClientServerConnection.run(ClientServerConnection.java:108)
+\tat java.base/java.lang.Thread.run(Thread.java:840)
+"""
+
+
+@pytest.mark.parametrize("text, line", [
+    (GPU_TEXT, "Spark found 0 gpu address(es) (none) where 2 are requested"),
+    ("org.apache.spark.SparkException: [BARRIER_JOB_FAILED] Barrier stage that requires 3 slots, but the cluster "
+     "has 2", "the barrier stage needs more task slots than the cluster has"),
+    ("ERROR StandaloneSchedulerBackend: Application has been killed. Reason: All masters are unresponsive! Giving "
+     "up.", "cannot reach the Spark master"),
+    ("org.apache.spark.SparkException: Could not parse Master URL: 'sprak://x:1'",
+     "--master sprak://x:1 is not a Spark master URL"),
+    (": java.lang.ClassNotFoundException: com.nvidia.spark.SQLPlugin\n\tat java.base/java.net.URLClassLoader",
+     "class com.nvidia.spark.SQLPlugin is not on Spark's classpath"),
+    ("Job aborted due to stage failure: Task 0 in stage 1.0 failed 1 times, most recent failure: Lost task 0.0 "
+     "(TID 1) (127.0.0.1 executor 1): ExecutorLostFailure (executor 1 exited caused by one of the running tasks) "
+     "Reason: Remote RPC client disassociated.\n\tat org.apache.spark.scheduler.DAGScheduler",
+     "Spark lost executor 1: Remote RPC client disassociated."),
+])
+def test_known_spark_failures_are_one_line_each_never_a_stack_frame(text, line):
+    from ddp_kbit.launch.driver import last_line
+    from ddp_kbit.launch.spark_errors import spark_line
+
+    assert spark_line(text).startswith(line) and last_line(text).startswith(line)
+
+
+def test_an_unknown_jvm_failure_is_its_exception_line():
+    from ddp_kbit.launch.driver import last_line
+
+    text = (": java.lang.IllegalStateException: something odd\n\tat org.apache.spark.X.y(X.scala:1)\n"
+            "\tat java.base/java.lang.Thread.run(Thread.java:840)\n")
+    assert last_line(text) == "IllegalStateException: something odd"
