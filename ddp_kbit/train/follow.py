@@ -27,6 +27,7 @@ from ddp_kbit.data.partitions import ConsumedRange, Slice
 from ddp_kbit.data.windows import CLOSE, STOP, WindowSpec, decide, new_offsets, replay_sample
 from ddp_kbit.files import write_json
 from ddp_kbit.train import dist
+from ddp_kbit.train.modelcard import card_path, digest
 from ddp_kbit.train.records import EpochStats, absent_counts, distinct_bad
 
 log = logging.getLogger("ddp_kbit.follow")
@@ -219,8 +220,10 @@ class Follower:
             return
         out.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(getattr(rt.model, "module", rt.model).state_dict(), tmp)
+        state = getattr(rt.model, "module", rt.model).state_dict()
+        torch.save(state, tmp)
         os.replace(tmp, path)
+        write_json(card_path(path), {**rt.run.card, "digest": digest(state, rt.run.card)})
         write_json(out / "latest.json", {**latest, "published_at": time.time()})
         if cfg.model_topic:
             with kafka.make_producer(self.spec.kafka) as producer:

@@ -39,6 +39,7 @@ from ddp_kbit.data.manifest import Manifest
 from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices, subtract
 from ddp_kbit.data.stream import StreamBatch, to_device
 from ddp_kbit.errors import UserError
+from ddp_kbit.files import write_json
 from ddp_kbit.train import checkpoint, dist, rankfiles
 from ddp_kbit.train.checkpoint import DiskFullError
 from ddp_kbit.train.handlers import (
@@ -49,6 +50,7 @@ from ddp_kbit.train.handlers import (
     attach_user_handlers,
 )
 from ddp_kbit.train.metrics import RankMetrics
+from ddp_kbit.train.modelcard import card_path, digest, make_card
 from ddp_kbit.train.models import make_model, parameter_count, spec_name
 from ddp_kbit.train.records import EpochStats, RunProgress, epoch_record
 from ddp_kbit.train.stopping import StopRequest
@@ -90,6 +92,12 @@ class RunSpec:
     @property
     def model_spec(self) -> str:
         return spec_name(self.model)
+
+    def card(self) -> dict:
+        """What the trained model needs beside its weights (model.json, checkpoints)."""
+        t = self.train_topic
+        return make_card(self.model, self.transforms, shape=t.shape, dtype=t.dtype, num_classes=self.num_classes,
+                         class_names=t.class_names, train_topic=t.topic, augment=self.train.augment)
 
     @property
     def train_slices(self) -> list[Slice]:
@@ -313,7 +321,7 @@ class RankTrainer:
             self.opt, self.sched = build_optimizer(dataclasses.replace(cfg, lr_schedule="none"), model.parameters(), 1)
         self.amp = cfg.amp and use_cuda
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
-        self.run = RunProgress(belongs_to=spec.belongs_to())
+        self.run = RunProgress(belongs_to=spec.belongs_to(), card=spec.card())
         # "run" first: a checkpoint of another run is refused before any weights are touched
         self.to_save = {"run": self.run, "model": model, "optimizer": self.opt, "scheduler": self.sched,
                         "scaler": self.scaler}
@@ -483,7 +491,9 @@ class RankTrainer:
             self.final_eval = self.evaluate()
         model_path = Path(self.spec.run_dir) / "model.pt"
         if self.rank == 0:
-            torch.save(getattr(self.model, "module", self.model).state_dict(), model_path)
+            state = getattr(self.model, "module", self.model).state_dict()
+            torch.save(state, model_path)
+            write_json(card_path(model_path), {**self.run.card, "digest": digest(state, self.run.card)})
         last = self.checkpointer.last_checkpoint
         return {"epochs": self.run.history, "final": {"test_accuracy": self.final_eval["val_accuracy"],
                                                       "test_loss": self.final_eval["val_loss"],

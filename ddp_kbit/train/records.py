@@ -96,6 +96,7 @@ class RunProgress:
     partial: EpochStats = field(default_factory=EpochStats)  # stats of this epoch before a resume
     belongs_to: dict = field(default_factory=dict)
     follow: dict = field(default_factory=dict)   # --follow: start, position, the open window, published
+    card: dict = field(default_factory=dict)     # the model card (ddp_kbit.train.modelcard): for evaluate
 
     @property
     def bad(self) -> BadRecords:
@@ -109,7 +110,7 @@ class RunProgress:
         return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "global_step": self.global_step,
                 "consumed": pack_consumed(self.consumed), "history": self.history,
                 "bad_records": [list(b) for b in self.bad_records], "partial": self.partial.to_dict(),
-                "belongs_to": self.belongs_to, "follow": self.follow}
+                "belongs_to": self.belongs_to, "follow": self.follow, "card": self.card}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != CHECKPOINT_VERSION:
@@ -124,6 +125,7 @@ class RunProgress:
         self.bad_records = [tuple(b) for b in state["bad_records"]]
         self.partial = EpochStats.from_dict(state["partial"])
         self.follow = dict(state.get("follow") or {})
+        self.card = dict(state.get("card") or self.card)
 
 
 def pack_consumed(consumed: list[ConsumedRange]) -> dict:

@@ -4,6 +4,7 @@ checkpoints survive a full disk, a truncated file and a second run on the same
 directory, --gpu without GPUs and Spark's own failures are one line, evaluate cannot
 be silently wrong, and the clients talk TLS."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -199,3 +200,83 @@ def test_gpu_without_gpus_and_an_unreachable_master_are_one_line_before_spark_st
         assert r.returncode in (1, 2) and re.fullmatch(expect, r.stderr.strip()), r.stderr[-3000:]
         assert not (tmp_path / "ranks.log").exists()   # nothing was launched
         print(f"{' '.join(extra)}: rc {r.returncode} in {took:.1f} s: {r.stderr.strip()}")
+
+
+FIT_SCRIPT = '''
+import os, sys
+from torch import nn
+import ddp_kbit
+
+def small(shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(shape[0] * shape[1], 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+def invert(images, labels, train):
+    return 1.0 - images, labels
+
+report = ddp_kbit.fit(bootstrap_servers=os.environ["KAFKA"], train_topic=sys.argv[1], test_topic=sys.argv[2],
+                      epochs=1, num_processes=2, model=small, transforms=[invert], run_dir="run", progress=False)
+print(report["final"]["test_accuracy"])
+'''
+
+
+def evaluate(kcfg, cwd, run_dir, *args):
+    return subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--mode", "evaluate", "--bootstrap-servers",
+                           kcfg.bootstrap_servers, "--no-progress", "--run-dir", str(cwd / run_dir), *args],
+                          capture_output=True, text=True, timeout=180, cwd=cwd)
+
+
+def test_evaluate_uses_what_the_model_was_trained_with_and_predicts_exactly_once_per_model(kcfg, spark, tmp_path):
+    from ddp_kbit import api
+
+    train = write_topic(kcfg, f"trust.eval.train.{time.time_ns()}", [1000, 1000])
+    test = write_topic(kcfg, f"trust.eval.test.{time.time_ns()}", [250, 250])
+    (tmp_path / "example.py").write_text(FIT_SCRIPT)
+    (tmp_path / "my_model.py").write_text(FIT_SCRIPT.split("report =")[0])
+    r = subprocess.run([sys.executable, "example.py", train.topic, test.topic], capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path, env={**os.environ, "KAFKA": kcfg.bootstrap_servers})
+    assert r.returncode == 0, r.stderr[-3000:]
+    trained_acc = float(r.stdout.strip().splitlines()[-1])
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["model"] == {"spec": "__main__:small", "loadable": False}
+    assert card["transforms"] == [{"spec": "__main__:invert", "loadable": False}]
+    model = ["--model-path", "run/model.pt", "--test-topic", test.topic]
+    # 1. functions of a script cannot be loaded by name: say which, never evaluate without them
+    r = evaluate(kcfg, tmp_path, "e1", *model)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "ddp-kbit: error: --model-path run/model.pt: it was trained with --model __main__:small, a Python function "
+        "of the training script, which cannot be loaded by name: pass --model naming it (MODULE:FUNCTION or "
+        "PATH.py:FUNCTION)"), r.stderr[-2000:]
+    r = evaluate(kcfg, tmp_path, "e2", *model, "--model", "./my_model.py:small")
+    assert r.returncode == 2 and "it was trained with --transform __main__:invert" in r.stderr, r.stderr[-2000:]
+    # 2. named: the run's own accuracy, and a prediction per input
+    preds = f"trust.preds.{time.time_ns()}"
+    named = [*model, "--model", "./my_model.py:small", "--transform", "./my_model.py:invert"]
+    r = evaluate(kcfg, tmp_path, "e3", *named, "--predictions-topic", preds)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = json.loads((tmp_path / "e3" / "report.json").read_text())
+    assert first["test_accuracy"] == pytest.approx(trained_acc, abs=1e-6) and first["predictions"]["written"] == 500
+    # 3. another model (the same weights without the transform) is not blocked by them and counts its own
+    r = evaluate(kcfg, tmp_path, "e4", *model, "--model", "./my_model.py:small", "--transform",
+                 "ddp_kbit.train.transforms:augment", "--predictions-topic", preds)   # (a no-op in evaluation)
+    assert r.returncode == 0, r.stderr[-2000:]
+    other = json.loads((tmp_path / "e4" / "report.json").read_text())
+    assert other["predictions"] == {"topic": preds, "written": 500, "already_there": 0}
+    assert "although the model was trained with __main__:invert" in r.stderr
+    r = evaluate(kcfg, tmp_path, "e5", *named, "--predictions-topic", preds)   # the first model again: all there
+    assert json.loads((tmp_path / "e5" / "report.json").read_text())["predictions"]["written"] == 0
+    assert len(kafka.read_topic(kcfg, preds)) == 1000
+    # 4. a model trained from files needs nothing but its path: the card carries the code
+    job = api.job_from(bootstrap_servers=kcfg.bootstrap_servers, train_topic=train.topic, test_topic=test.topic,
+                       epochs=1, num_processes=1, model=str(tmp_path / "my_model.py") + ":small",
+                       transform=[str(tmp_path / "my_model.py") + ":invert"], run_dir=str(tmp_path / "run2"),
+                       progress=False)
+    report = api.fit(job)
+    (tmp_path / "my_model.py").unlink()   # evaluation does not need the file any more
+    r = evaluate(kcfg, tmp_path, "e6", "--model-path", "run2/model.pt", "--test-topic", test.topic)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "e6" / "report.json").read_text())["test_accuracy"] == \
+        pytest.approx(report["final"]["test_accuracy"], abs=1e-6)
+    # 5. weights that do not fit: the whole reason, in one line
+    r = evaluate(kcfg, tmp_path, "e7", "--model-path", "run2/model.pt", "--test-topic", test.topic, "--model", "mlp")
+    assert r.returncode == 2 and re.search(r"does not fit --model mlp for \[28, 28\] x 10 classes: \d+ missing \(e\.g\. "
+                                           r"[\w.]+; [\w.]+\); \d+ unexpected \(e\.g\. ", r.stderr), r.stderr[-2000:]
