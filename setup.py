@@ -15,7 +15,8 @@ setup(
     # top-level folders (where they are edited); a wheel holds copies, read via importlib.resources.
     packages=find_packages(include=["ddp_kbit", "ddp_kbit.*", "producers"]),
     package_data={"ddp_kbit.schemas": ["*.avsc", "*.proto", "*.json"],
-                  "ddp_kbit.assets": ["experiments/*.toml", "spark_conf/*.conf", "spark_conf/*.sh"]},
+                  "ddp_kbit.assets": ["experiments/*.toml", "spark_conf/*.conf", "spark_conf/*.sh",
+                                      "spark_conf/*.properties"]},
     install_requires=[
         # scripts/setup.sh installs torch==2.13.0 (CPU) first: an unpinned torch pulls a multi-GB CUDA build.
         "torch>=2.4",

@@ -238,7 +238,25 @@ def on_loopback(master: str) -> bool:
     return master.startswith("local") or urlparse(master).hostname in ("127.0.0.1", "localhost")
 
 
-def get_session(cfg: SparkConfig):
+LOG4J = "log4j2.properties"
+
+
+def java_logging(cfg: SparkConfig, conf: dict[str, str], log_file: str | Path | None) -> None:
+    """The driver JVM's logging (spark_conf/log4j2.properties): one line per warning on
+    the terminal, everything in ``log_file``. Added to the extra Java options, so a
+    user's own (``--spark-conf spark.driver.extraJavaOptions=...``) stay."""
+    config = script_path(cfg, LOG4J) if cfg.conf_dir is None or (Path(cfg.conf_dir) / LOG4J).exists() else None
+    if config is None or not Path(config).exists():
+        return
+    opts = [conf.get("spark.driver.extraJavaOptions", ""), f"-Dlog4j2.configurationFile={config}"]
+    if log_file:
+        opts.append(f"-Dddp_kbit.spark_log={log_file}")
+    conf["spark.driver.extraJavaOptions"] = " ".join(o for o in opts if o)
+
+
+def get_session(cfg: SparkConfig, log_file: str | Path | None = None):
+    """The active session, or a new one from the shipped settings; ``log_file``: where
+    a new session's JVM writes its whole log."""
     from pyspark.sql import SparkSession
 
     # Executors' Python must be ours (same venv, same ddp_kbit).
@@ -248,6 +266,7 @@ def get_session(cfg: SparkConfig):
     if active is not None:  # under spark-submit the session's conf comes from there
         return active
     conf = session_conf(cfg)
+    java_logging(cfg, conf, log_file)
     if on_loopback(conf.get("spark.master", "")):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no guessing at interfaces for a local run
         conf.setdefault("spark.driver.host", "127.0.0.1")
@@ -308,7 +327,7 @@ def launch(cfg: SparkConfig, train_fn, spec, stop_file: str, log_path: str | Non
     from ddp_kbit.launch import torchrun
 
     launched_at = time.time()
-    spark = get_session(cfg)
+    spark = get_session(cfg, Path(log_path).with_name("spark.log") if log_path else None)
     sc = spark.sparkContext
     where = {"master": sc.master, "app_id": sc.applicationId, "spark_version": spark.version,
              "mode": "barrier" if cfg.distributed else "local", "launched_at": launched_at}

@@ -116,21 +116,22 @@ def latest_readable(directory: str | Path) -> Path | None:
     truncated newest one: each unreadable one is skipped with a warning naming it).
     None when there is none; one line when there are some but none loads."""
     found = _found(directory)
-    bad = []
+    bad: dict[str, str] = {}
     for _, path in reversed(found):
         try:
             load(path)
         except CheckpointError as exc:
             log.warning("skipping %s", exc)
-            bad.append(path.name)
+            bad[path.name] = str(exc).removeprefix(f"checkpoint {path} ")
             continue
         if bad:
             log.warning("resuming from %s, the newest readable checkpoint (unreadable: %s)", path.name,
                         ", ".join(bad))
         return path
     if bad:
-        raise CheckpointError(f"no checkpoint in {directory} is readable ({', '.join(bad)}); start without --resume "
-                              "or with another --checkpoint-dir")
+        why = "; ".join(f"{name} {reason}" for name, reason in bad.items())
+        raise CheckpointError(f"no checkpoint in {directory} is readable: {why}; start without --resume or with "
+                              "another --checkpoint-dir")
     return None
 
 

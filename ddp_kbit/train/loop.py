@@ -220,9 +220,8 @@ def train_fn(spec: RunSpec) -> dict:
         result = _train(spec, stop)
     except BaseException as exc:
         rankfiles.note_stalled_peers(spec.run_dir, rank, spec.collective_timeout_s)
-        # a user's error is its own line; anything else names its type (the traceback is in ranks.log)
-        what = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        rankfiles.failed(spec.run_dir, rank, f"rank {rank}: {what}", final=isinstance(exc, DiskFullError))
+        rankfiles.failed(spec.run_dir, rank, f"rank {rank}: {type(exc).__name__}: {exc}",   # (traceback: ranks.log)
+                         final=isinstance(exc, DiskFullError))
         raise
     finally:
         dist.teardown()
@@ -249,6 +248,8 @@ def _train(spec: RunSpec, stop: StopRequest) -> dict:
     # forced: a Spark python worker may already have configured logging (lines would repeat)
     logs.configure(spec.log_level, f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
                    secrets=spec.kafka.secrets + spec.source.secrets)
+    # ignite logs every exception it re-raises; the driver's one line says it already
+    logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
     log.info("rank %d/%d on %s: %d torch threads, cpus %s, OMP_NUM_THREADS=%s", rank, world, device,
              torch.get_num_threads(), sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))
     rt = RankTrainer(spec, rank, world, device, stop=stop)

@@ -139,7 +139,7 @@ def test_a_full_checkpoint_disk_is_one_line_and_the_last_complete_checkpoint_sta
     took = time.monotonic() - t0
     assert r.returncode == 1, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
-    assert re.fullmatch(rf"ddp-kbit: error: training failed after 0 restart\(s\): rank 0: checkpoint directory "
+    assert re.fullmatch(rf"ddp-kbit: error: training failed after 0 restart\(s\): rank 0: DiskFullError: checkpoint directory "
                         rf"{re.escape(str(small_disk))} is full: a checkpoint needs \d+\.\d MiB, \d+\.\d MiB free; the "
                         r"newest complete checkpoint is ckpt-s000000004\.pt .*", lines[-1]), r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "inline_container" not in r.stderr   # no restart either: it cannot help
@@ -280,3 +280,22 @@ def test_evaluate_uses_what_the_model_was_trained_with_and_predicts_exactly_once
     r = evaluate(kcfg, tmp_path, "e7", "--model-path", "run2/model.pt", "--test-topic", test.topic, "--model", "mlp")
     assert r.returncode == 2 and re.search(r"does not fit --model mlp for \[28, 28\] x 10 classes: \d+ missing \(e\.g\. "
                                            r"[\w.]+; [\w.]+\); \d+ unexpected \(e\.g\. ", r.stderr), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", [[], ["--distributed"]], ids=["local", "barrier"])
+def test_a_rank_failure_is_one_line_on_the_terminal_and_its_traceback_in_the_run_log(kcfg, test_topic, tmp_path,
+                                                                                     mode):
+    m = write_topic(kcfg, f"trust.fail.{time.time_ns()}", [400, 400])
+    handler = chaos.arm(tmp_path, 3, "raise", rank=0)
+    r = subprocess.run(cli(kcfg, tmp_path, "--train-topic", m.topic, "--test-topic", test_topic.topic, "--epochs",
+                           "1", "--num-processes", "2", "--handler", handler, *mode), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1
+    log = tmp_path / "ranks.log"
+    assert r.stderr.strip().splitlines()[-1] == (
+        "ddp-kbit: error: training failed after 0 restart(s): rank 0: RuntimeError: injected failure at step 3 (the "
+        f"ranks' whole output: {log})"), r.stderr[-3000:]
+    for noise in ("Traceback", "ChildFailedError", "Root Cause", "\tat ", "py4j"):
+        assert noise not in r.stdout + r.stderr, (noise, (r.stdout + r.stderr)[-4000:])
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "RuntimeError: injected failure at step 3" in text
