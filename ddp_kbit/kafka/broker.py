@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ddp_kbit.errors import BrokerError
+from ddp_kbit.kafka import tls
 from ddp_kbit.procs import die_with_parent, free_port
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ class EmbeddedBroker:
     """``with EmbeddedBroker(run_dir) as broker: broker.bootstrap_servers``"""
 
     def __init__(self, log_dir: str | Path | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, start_timeout: float = 15.0):
+                 port: int | None = None, start_timeout: float = 15.0, advertised_port: int | None = None):
+        """``advertised_port``: the port clients are told to use when it is not the one
+        the broker listens on (a TLS terminator such as stunnel in front of it)."""
         self.host, self.port = host, port or free_port(host)
+        self.advertised_port = advertised_port or self.port
         self.log_dir = Path(log_dir) if log_dir else None
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
@@ -59,7 +63,8 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+               f"tcp://{self.host}:{self.advertised_port}",
                "--storage-engine", "memory://tansu/"]
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +105,7 @@ def reachable(cfg, run_dir: Path):
     """Yields a KafkaConfig with reachable bootstrap servers: the given ones, or an
     embedded broker's that is stopped on exit (Ctrl-C and exceptions included)."""
     if cfg.bootstrap_servers:
+        tls.check(cfg)   # a wrong CA, key password or missing client certificate: one line, at once
         yield cfg
         return
     with EmbeddedBroker(run_dir) as broker:

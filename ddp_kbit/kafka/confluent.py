@@ -31,6 +31,14 @@ def settings(cfg: KafkaConfig) -> dict:
     return conf
 
 
+def created(factory, conf: dict, what: str):
+    """A librdkafka handle; a setting it refuses (a key it cannot open, say) is one line."""
+    try:
+        return factory(conf)
+    except Exception as exc:   # KafkaException(_INVALID_ARG ...)
+        raise ClientError(f"cannot create a Kafka {what}: {short(exc)}") from None
+
+
 class Producer(Closing):
     def __init__(self, cfg: KafkaConfig, compression: str = "none", measure: bool = False, extra: dict | None = None):
         from confluent_kafka import Producer as _Producer
@@ -43,7 +51,7 @@ class Producer(Closing):
         if measure:  # librdkafka's statistics carry the bytes it sent (after compression)
             conf.update({"statistics.interval.ms": 100, "stats_cb": self._on_stats})
         conf.update(extra or {})
-        self._p = _Producer(conf)
+        self._p = created(_Producer, conf, "producer")
         self.report = DeliveryReport()
 
     def _on_stats(self, text: str) -> None:
@@ -97,7 +105,7 @@ class Consumer(Closing):
                      "max.partition.fetch.bytes": 16 * 1024 * 1024, "fetch.wait.max.ms": 100,
                      "queued.min.messages": 200_000})
         conf.update(extra or {})
-        self._c, self._tp = _Consumer(conf), TopicPartition
+        self._c, self._tp = created(_Consumer, conf, "consumer"), TopicPartition
         self._timeout = cfg.request_timeout_s
 
     def assign(self, positions: Sequence[tuple[str, int, int]]) -> None:
@@ -218,7 +226,7 @@ class Admin(Closing):
     def __init__(self, cfg: KafkaConfig):
         from confluent_kafka.admin import AdminClient
 
-        self._a, self._timeout = AdminClient(settings(cfg)), cfg.request_timeout_s
+        self._a, self._timeout = created(AdminClient, settings(cfg), "admin client"), cfg.request_timeout_s
         self._servers = cfg.bootstrap_servers
 
     def topics(self) -> dict[str, int]:

@@ -69,7 +69,7 @@ def digest(state_dict: dict, card: dict) -> str:
         h.update(name.encode())
         if isinstance(t, torch.Tensor):
             h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     h.update(json.dumps([card["model"].get("spec"), [t.get("spec") for t in card["transforms"]]]).encode())
     return h.hexdigest()
 

@@ -3,6 +3,7 @@ exactly-once producers train at full speed, SIGTERM is a graceful stop in epoch 
 checkpoints survive a full disk, a truncated file and a second run on the same
 directory, --gpu without GPUs and Spark's own failures are one line, evaluate cannot
 be silently wrong, and the clients talk TLS."""
+import dataclasses
 import json
 import os
 import re
@@ -299,3 +300,88 @@ def test_a_rank_failure_is_one_line_on_the_terminal_and_its_traceback_in_the_run
         assert noise not in r.stdout + r.stderr, (noise, (r.stdout + r.stderr)[-4000:])
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "RuntimeError: injected failure at step 3" in text
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    from tls import tls_broker
+
+    with tls_broker(tmp_path_factory.mktemp("pki")) as (servers, pki):
+        yield servers, pki
+
+
+def tls_flags(servers, pki, client="confluent", **over) -> list[str]:
+    from tls import KEY_PASSWORD
+
+    given = {"--bootstrap-servers": servers, "--client": client, "--security-protocol": "SSL",
+             "--ssl-cafile": str(pki / "ca.pem"), "--ssl-certfile": str(pki / "client.pem"),
+             "--ssl-keyfile": str(pki / "client.key"), "--ssl-password": KEY_PASSWORD, **over}
+    return [x for k, v in given.items() if v is not None for x in (k, v)]
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_both_clients_train_over_mutual_tls(spark, tls, tmp_path, client):
+    from tls import KEY_PASSWORD
+
+    import ddp_kbit
+    from ddp_kbit.config import KafkaConfig
+
+    servers, pki = tls
+    k = KafkaConfig(bootstrap_servers=servers, client=client, security_protocol="SSL", ssl_cafile=str(pki / "ca.pem"),
+                    ssl_certfile=str(pki / "client.pem"), ssl_keyfile=str(pki / "client.key"),
+                    ssl_password=KEY_PASSWORD)
+    name = f"tls.{client}.{time.time_ns()}"
+    for split, limit in (("train", 1200), ("test", 300)):
+        ddp_kbit.publish(kafka=k, split=split, limit=limit, topic=f"{name}.{split}", partitions=2)
+    report = fit(k, tmp_path, kafka=dataclasses.asdict(k), train_topic=f"{name}.train", test_topic=f"{name}.test",
+                 epochs=1, num_processes=2)
+    assert report["epochs"][0]["samples"] == 1200 and report["final"]["test_accuracy"] > 0.3
+    assert report["config"]["kafka"]["ssl_password"] == "***"
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_a_wrong_ca_key_password_or_missing_client_certificate_is_one_line_at_once(tls, tmp_path, client):
+    servers, pki = tls
+    cases = {"ca": ({"--ssl-cafile": str(pki / "other-ca.pem")},
+                    rf"TLS with {servers}: the broker's certificate is not trusted: self-signed certificate in "
+                    rf"certificate chain \(--ssl-cafile {re.escape(str(pki))}/other-ca\.pem\)"),
+             "password": ({"--ssl-password": "not-the-password"},
+                          r"cannot use the client certificate --ssl-certfile .*client\.pem with --ssl-keyfile "
+                          r".*client\.key: the key does not open with --ssl-password"),
+             "no certificate": ({"--ssl-certfile": None, "--ssl-keyfile": None, "--ssl-password": None},
+                                rf"TLS with {servers}: the broker closed the connection; it wants a client certificate "
+                                r"\(--ssl-certfile and --ssl-keyfile\)")}
+    for case, (over, expect) in cases.items():
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--mode", "inspect", "--topic", "any",
+                            "--run-dir", str(tmp_path / case.replace(" ", "-")), *tls_flags(servers, pki, client, **over)],
+                           capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+        assert r.returncode == 1 and re.fullmatch(f"ddp-kbit: error: {expect}.*", r.stderr.strip()), r.stderr[-2000:]
+        print(f"{client}, wrong {case}: rc {r.returncode} in {took:.1f} s: {r.stderr.strip()}")
+
+
+def test_no_tls_secret_in_logs_reports_or_metrics_at_debug(tls, tmp_path):
+    from tls import KEY_PASSWORD
+
+    from ddp_kbit.procs import free_port
+
+    servers, pki = tls
+    base = tls_flags(servers, pki)
+    name = f"tls.secret.{time.time_ns()}"
+    for split in ("train", "test"):
+        r = subprocess.run([sys.executable, "-m", "producers.publish", *base, "--split", split, "--limit", "400",
+                            "--topic", f"{name}.{split}", "--no-progress", "--log-level", "DEBUG", "--run-dir",
+                            str(tmp_path / f"pub-{split}")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "DEBUG" in r.stderr and KEY_PASSWORD not in r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", *base, "--train-topic", f"{name}.train", "--test-topic",
+                        f"{name}.test", "--epochs", "1", "--num-processes", "1", "--no-progress", "--log-level",
+                        "DEBUG", "--metrics-port", str(free_port()), "--run-dir", str(tmp_path / "run"), *SMALL_FLAGS],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "DEBUG" in r.stderr and KEY_PASSWORD not in r.stdout + r.stderr
+    assert (tmp_path / "run" / "metrics.prom").exists() and (tmp_path / "run" / "report.json").exists()
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert KEY_PASSWORD.encode() not in f.read_bytes(), f
