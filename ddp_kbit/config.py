@@ -316,6 +316,7 @@ class SparkConfig:
     collective_timeout_s: float = 180.0  # no rank waits longer on a collective (a dead peer)
     launch_timeout_s: float = 180.0  # a barrier stage that cannot get its slots fails after this long
     ship_package: bool = False       # send the package zip with each launch (executors without ddp_kbit)
+    secret_file: str | None = None   # a standalone cluster's RPC secret (spark.authenticate); default: main_cluster's
 
     def __post_init__(self):
         positive("num_processes", self.num_processes)

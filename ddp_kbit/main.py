@@ -218,6 +218,10 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
              "every rank at once within this many seconds")
     opt("ship_package", "--ship-package", action="store_true",
         help="send this package (a zip) with each launch, for executors whose Python does not have ddp_kbit")
+    opt("secret_file", "--spark-secret-file", metavar="FILE",
+        help="a file holding the RPC authentication secret of a standalone cluster (spark.authenticate); "
+             "`python -m ddp_kbit.main_cluster up` writes one, and a run against the master it recorded uses it "
+             "without this flag")
 
 
 def add_experiment_args(p: argparse.ArgumentParser) -> None:

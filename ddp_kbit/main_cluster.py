@@ -1,8 +1,8 @@
 """Try cluster mode on one machine: a Spark standalone master and workers from the
 installed pyspark, as separate JVMs.
 
-    python -m ddp_kbit.main_cluster up --workers 2       # prints the spark:// URL
-    python -m ddp_kbit.main --mode train --distributed --master spark://127.0.0.1:PORT
+    python -m ddp_kbit.main_cluster up --workers 2       # prints the spark:// URL; RPC authentication on
+    python -m ddp_kbit.main --mode train --distributed --master spark://127.0.0.1:PORT   # finds its secret
     python -m ddp_kbit.main_cluster status
     python -m ddp_kbit.main_cluster down                 # stops them (by process group)
 """
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import signal
 import sys
 from pathlib import Path
 
 from ddp_kbit import cli
 from ddp_kbit.errors import UserError
-from ddp_kbit.launch.cluster import StandaloneCluster
+from ddp_kbit.launch.cluster import STATE, StandaloneCluster, write_private
 from ddp_kbit.procs import kill_group
 
-DEFAULT_STATE = Path.home() / ".ddp_kbit" / "cluster.json"
+DEFAULT_STATE = STATE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", metavar="DIR", help="logs and worker directories (default /tmp/ddp_kbit-cluster-<pid>)")
     p.add_argument("--state", metavar="FILE", default=str(DEFAULT_STATE),
                    help=f"where up records the cluster for status and down (default {DEFAULT_STATE})")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no RPC authentication (by default up generates a secret, FILE.secret beside --state, "
+                        "and the cluster refuses drivers without it; runs against it find it there)")
     return p
 
 
@@ -41,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "up":
         if state.exists():
             raise UserError(f"a cluster is already recorded in {state}; run `python -m ddp_kbit.main_cluster down` first")
-        cluster = StandaloneCluster(args.workers, args.cores, args.memory, args.work_dir, detach=True).start()
         state.parent.mkdir(parents=True, exist_ok=True)
+        secret = None if args.no_auth else write_private(state.with_suffix(".secret"), secrets.token_hex(32))
+        cluster = StandaloneCluster(args.workers, args.cores, args.memory, args.work_dir, detach=True,
+                                    secret_file=secret).start()
         state.write_text(json.dumps({"master_url": cluster.master_url, "webui": cluster.webui,
-                                     "work_dir": str(cluster.work_dir), "pids": cluster.pids()}, indent=2))
+                                     "work_dir": str(cluster.work_dir), "pids": cluster.pids(),
+                                     "secret_file": str(secret) if secret else None}, indent=2))
         print(cluster.master_url)
         return 0
     if not state.exists():
@@ -55,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for pid in info["pids"].values():
         kill_group(pid, signal.SIGTERM)
+    for leftover in (info.get("secret_file"), str(Path(info["work_dir"]) / "auth.properties")):
+        if leftover:
+            Path(leftover).unlink(missing_ok=True)
     state.unlink()
     print(f"stopped {info['master_url']}")
     return 0

@@ -20,7 +20,7 @@ def context(cfg: KafkaConfig) -> ssl.SSLContext:
     if cfg.ssl_certfile:
         try:
             ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile, password=cfg.ssl_password)
-        except ssl.SSLError as exc:
+        except ssl.SSLError:
             raise ClientError(f"cannot use the client certificate --ssl-certfile {cfg.ssl_certfile} with --ssl-keyfile "
                               f"{cfg.ssl_keyfile}: the key does not open with --ssl-password, or they are not a PEM "
                               "certificate and its key") from None

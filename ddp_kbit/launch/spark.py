@@ -26,7 +26,8 @@ from urllib.parse import urlparse
 from ddp_kbit import assets
 from ddp_kbit.config import SparkConfig
 from ddp_kbit.errors import ConfigError, UserError
-from ddp_kbit.launch.spark_errors import spark_line
+from ddp_kbit.launch.cluster import auth_properties, read_secret, recorded_secret, write_private
+from ddp_kbit.launch.spark_errors import known_failure, spark_line
 
 log = logging.getLogger(__name__)
 DISCOVERY_KEYS = ("spark.executor.resource.gpu.discoveryScript", "spark.driver.resource.gpu.discoveryScript")
@@ -273,15 +274,85 @@ def get_session(cfg: SparkConfig, log_file: str | Path | None = None):
     builder = SparkSession.builder
     for k, v in conf.items():
         builder = builder.config(k, v)
-    try:
-        spark = builder.getOrCreate()
-    except Exception as exc:   # a JVM failure: its exception line, never a stack frame
-        line = spark_line(str(exc))
-        if line is None:
-            raise
-        raise UserError(f"Spark did not start: {line}") from None
+    secret_file = cfg.secret_file or recorded_secret(conf.get("spark.master", ""))
+    with authenticated(secret_file):
+        spark = start_watched(builder, log_file)
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+@contextlib.contextmanager
+def authenticated(secret_file: str | None):
+    """Spark's RPC authentication with the secret in ``secret_file`` for the JVM about
+    to start: handed over in an owner-only properties file (``PYSPARK_SUBMIT_ARGS``),
+    never on a command line, and deleted once the JVM has read it."""
+    if not secret_file:
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="ddp_kbit-auth-"))
+    props = write_private(folder / "auth.properties", auth_properties(read_secret(secret_file)))
+    before = os.environ.get("PYSPARK_SUBMIT_ARGS")
+    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {props} {before or 'pyspark-shell'}"
+    try:
+        yield
+    finally:
+        props.unlink(missing_ok=True)
+        folder.rmdir()
+        if before is None:
+            os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
+        else:
+            os.environ["PYSPARK_SUBMIT_ARGS"] = before
+
+
+# fatal at start-up, known from the JVM's log long before Spark gives up (a master that
+# refuses this driver is retried 3 x 20 s before SparkContext fails)
+_FATAL_AT_START = ("Expected SaslMessage", "DIGEST-MD5", "SaslException")
+
+
+def start_watched(builder, log_file: str | Path | None):
+    """``builder.getOrCreate()``, one line on failure. With the JVM's log file, a
+    failure the log shows first (RPC authentication refused) ends the start at once:
+    the JVM is stopped and the line says why."""
+    box: dict = {}
+
+    def start():
+        try:
+            box["spark"] = builder.getOrCreate()
+        except Exception as exc:   # noqa: BLE001 (reported by the caller's thread)
+            box["error"] = exc
+
+    worker = threading.Thread(target=start, daemon=True, name="spark-start")
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+        text = _read(log_file)
+        if worker.is_alive() and any(k in text for k in _FATAL_AT_START):
+            _stop_jvm()
+            worker.join(15)
+            raise UserError(f"Spark did not start: {known_failure(text)}")
+    if "error" in box:   # a JVM failure: its exception line (or the log's known one), never a stack frame
+        text = f"{box['error']}\n{_read(log_file)}"
+        line = known_failure(text) or spark_line(str(box["error"]))
+        if line is None:
+            raise box["error"]
+        raise UserError(f"Spark did not start: {line}") from None
+    return box["spark"]
+
+
+def _read(path) -> str:
+    try:
+        return Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        return ""
+
+
+def _stop_jvm() -> None:
+    from pyspark import SparkContext
+
+    proc = getattr(SparkContext._gateway, "proc", None)
+    if proc is not None:
+        with contextlib.suppress(OSError):
+            proc.kill()
 
 
 def slots(sc) -> int:

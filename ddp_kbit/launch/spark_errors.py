@@ -9,6 +9,12 @@ from collections.abc import Callable
 Known = tuple[re.Pattern, Callable[[re.Match], str]]
 
 KNOWN: tuple[Known, ...] = (
+    (re.compile(r"Expected SaslMessage, received something else"),
+     lambda m: "the Spark master requires RPC authentication (spark.authenticate) and this run has no secret: pass "
+               "--spark-secret-file (`python -m ddp_kbit.main_cluster up` writes one)"),
+    (re.compile(r"DIGEST-MD5: digest response format violation|Mismatched response|SaslException"),
+     lambda m: "the Spark master refused this run's RPC authentication secret (--spark-secret-file): it is not "
+               "the cluster's"),
     (re.compile(r"Resource: (\w+), with addresses: (.*?) is less than what the user requested: (\d+)"),
      lambda m: f"Spark found {len([a for a in m[2].split(',') if a.strip()])} {m[1]} address(es) "
                f"({m[2].strip() or 'none'}) where {m[3]} are requested: check the discovery script "

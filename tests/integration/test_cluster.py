@@ -177,3 +177,31 @@ def test_local_cluster_master_runs_barrier_training(kcfg, topics, tmp_path):
     assert report["spark"]["master"] == "local-cluster[2,1,1024]"
     assert len({x["executor"] for x in report["spark"]["ranks"]}) == 2
     assert_exact_epochs(report, topics["train"])
+
+
+def test_rpc_authentication_admits_a_run_with_the_secret_and_refuses_one_without(kcfg, topics, tmp_path):
+    from ddp_kbit.launch.cluster import write_private
+
+    secret = write_private(tmp_path / "cluster.secret", "s3cr3t-" + os.urandom(16).hex())
+    wrong = write_private(tmp_path / "wrong.secret", "not-the-cluster-secret")
+    args = [*topic_args(topics), "--epochs", "1", "--num-processes", "2", "--distributed"]
+    with StandaloneCluster(workers=2, cores=1, memory="2g", work_dir=tmp_path / "cluster",
+                           secret_file=secret) as cluster:
+        for name, extra, expect in (
+                ("none", [], "the Spark master requires RPC authentication (spark.authenticate) and this run has no "
+                             "secret: pass --spark-secret-file"),
+                ("wrong", ["--spark-secret-file", str(wrong)], "the Spark master refused this run's RPC "
+                                                                "authentication secret (--spark-secret-file)")):
+            t0 = time.monotonic()
+            r = train(kcfg, tmp_path / name, *args, "--master", cluster.master_url, *extra, expect_rc=1, timeout=120)
+            line = r.stderr.strip().splitlines()[-1]
+            assert line.startswith(f"ddp-kbit: error: Spark did not start: {expect}"), r.stderr[-3000:]
+            print(f"unauthenticated ({name}): rc 1 in {time.monotonic() - t0:.1f} s: {line}")
+        report = train(kcfg, tmp_path / "ok", *args, "--master", cluster.master_url, "--spark-secret-file",
+                       str(secret), timeout=600)
+        assert report["spark"]["master"] == cluster.master_url and report["world_size"] == 2
+        assert_exact_epochs(report, topics["train"])
+    assert not (tmp_path / "cluster" / "auth.properties").exists()
+    for f in tmp_path.rglob("*"):   # the secret is in the secret file only
+        if f.is_file() and f != secret:
+            assert secret.read_text().encode() not in f.read_bytes(), f
