@@ -387,11 +387,13 @@ def available_ranks(cfg: SparkConfig) -> int:
     return wait_for_slots(get_session(cfg).sparkContext, cfg.num_processes, cfg.launch_timeout_s, at_least=1)
 
 
-def launch(cfg: SparkConfig, train_fn, spec, stop_file: str, log_path: str | None = None) -> tuple[dict, dict]:
+def launch(cfg: SparkConfig, train_fn, spec, stop_file: str | None = None,
+           log_path: str | None = None) -> tuple[dict, dict]:
     """Run ``train_fn(spec)`` on ``num_processes`` ranks; returns the result and where
     it ran (master, application id, Spark version, mode, the signal that stopped it)
     for the report. SIGINT/SIGTERM ask the ranks to stop gracefully (``stop_file``,
-    which they watch); a second one stops at once. The ranks' output goes to
+    which they watch; without one, the ranks cannot stop gracefully and the first
+    signal stops them at once); a second one stops at once. The ranks' output goes to
     ``log_path`` whole, and to the terminal without tracebacks (:mod:`torchrun`)."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -420,7 +422,7 @@ def launch(cfg: SparkConfig, train_fn, spec, stop_file: str, log_path: str | Non
 
 
 @contextlib.contextmanager
-def interrupts(stop_file: str, sc=None):
+def interrupts(stop_file: str | None, sc=None):
     """SIGINT or SIGTERM: write ``stop_file`` (the ranks finish their step, checkpoint
     and return) and note which. A second one stops at once: KeyboardInterrupt; in
     barrier mode (``sc``) the Spark job is cancelled first, from another thread (py4j
@@ -433,7 +435,7 @@ def interrupts(stop_file: str, sc=None):
     hard = threading.Event()
 
     def on_signal(signum, frame):
-        if not state:
+        if not state and stop_file is not None:
             state["signal"] = signal.Signals(signum).name
             Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
             Path(stop_file).write_text(state["signal"])
