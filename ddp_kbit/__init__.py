@@ -10,7 +10,7 @@ load torch or Spark.
 from __future__ import annotations
 
 __all__ = ["KafkaDataset", "fit", "publish"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):

@@ -18,8 +18,11 @@ from ddp_kbit.config import (
     JobConfig,
     KafkaConfig,
     PublishConfig,
+    PublishJob,
+    as_dict,
     build,
     build_group,
+    flag_keys,
     sections_of,
 )
 from ddp_kbit.data.dataset import KafkaDataset
@@ -27,37 +30,31 @@ from ddp_kbit.errors import ConfigError
 from ddp_kbit.files import make_run_dir, write_json
 from ddp_kbit.kafka.broker import reachable
 
-# keyword arguments named like the command line's flags rather than the fields
-ALIASES = {"checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every": ("checkpoint", "every"),
-           "max_restarts": ("checkpoint", "max_restarts"), "resume": ("checkpoint", "resume"),
-           "spark_conf": ("spark", "conf"), "spark_conf_dir": ("spark", "conf_dir"),
-           "handler": ("train", "handlers"), "transform": ("train", "transforms"),
-           "until_idle": ("follow", "until_idle_s"), "metrics_port": ("metrics", "port"),
-           "commit_group": ("metrics", "commit_group"), "model_path": ("evaluate", "model_path"),
-           "predictions_topic": ("evaluate", "predictions_topic"), "topic": ("inspect", "topic"),
-           "limit": ("inspect", "limit")}
 # where a field name found in several sections goes (the study's own keys need experiment={...})
 SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark", "source", "follow")
 
 
 def job_from(config: JobConfig | None = None, **fields: Any) -> JobConfig:
     """A JobConfig from ``config`` (default: the defaults) with ``fields`` on top,
-    validated like the command line's flags (one ConfigError naming the field)."""
+    validated like the command line's flags (one ConfigError naming the field).
+    A keyword is a field's name (``epochs``), its flag's (``checkpoint_dir`` for
+    ``--checkpoint-dir``), or a whole section as a dict (``train={"lr": 3e-4}``)."""
     base = {name: dataclasses.asdict(getattr(config or JobConfig(), name)) for name in sections_of(JobConfig)}
+    parts, by_flag = sections_of(JobConfig), flag_keys(JobConfig)
+    names = {s: {f.name for f in dataclasses.fields(parts[s])} for s in parts}
     over: dict[str, dict] = {}
-    parts = sections_of(JobConfig)
     for key, value in fields.items():
-        if key in parts and (isinstance(value, dict) or key not in {f.name for s in SEARCH
-                                                                   for f in dataclasses.fields(parts[s])}):
+        if key in parts and (isinstance(value, dict) or not any(key in names[s] for s in SEARCH)):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}= takes a dict of [{key}] settings; got {type(value).__name__}")
             over.setdefault(key, {}).update(value)
             continue
-        section, name = ALIASES.get(key, (None, key))
+        section = next((s for s in SEARCH if key in names[s]), None)
+        name = key
+        if section is None and key in by_flag:
+            section, name = by_flag[key]
         if section is None:
-            section = next((s for s in SEARCH if name in {f.name for f in dataclasses.fields(parts[s])}), None)
-        if section is None:
-            known = sorted({f.name for s in SEARCH for f in dataclasses.fields(parts[s])} | set(ALIASES))
+            known = sorted({n for s in SEARCH for n in names[s]} | set(by_flag))
             raise ConfigError(f"unknown setting {key!r}; known: {', '.join(known)}")
         over.setdefault(section, {})[name] = value
     return build_group(JobConfig, base, over)
@@ -81,30 +78,67 @@ def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields:
         fields = {**fields, "model": model}
         model = None
     job = job_from(config, **fields)
-    spark.preflight(job.spark)   # GPUs, the master, settings: before Kafka or Spark is touched
+    driver.check_local_inputs(job, model, transforms)   # code, files, GPUs, the master, settings: before Kafka
+    spark.preflight(job.spark)                          # or Spark is touched
     run_dir = make_run_dir(job.general.run_dir)
     with reachable(job.kafka, run_dir) as kcfg, spark.session_scope():
         report = driver.run_training(job, kcfg, run_dir, model=model, transforms=tuple(transforms))
     return write_report(job, run_dir, report)
 
 
+def publish_job(job: PublishJob) -> dict:
+    """``ddp-kbit publish``: one split to its topic (strict: a topic that holds records
+    needs ``force``), a live producer with ``rate``, or without ``split`` both splits,
+    each only when its topic has no manifest yet (the demo topics)."""
+    from ddp_kbit.data.datasets import load_dataset
+    from ddp_kbit.data.publish import ensure_published, publish_live
+    from ddp_kbit.data.publish import publish as publish_dataset
+
+    pcfg = job.publish
+    run_dir = make_run_dir(job.general.run_dir)
+    with reachable(job.kafka, run_dir) as kcfg:
+        if pcfg.split is None:
+            found = ensure_published(kcfg, pcfg, synthetic=job.synthetic, progress=job.general.progress)
+            results = {split: {"topic": m.topic, "records": m.record_count, "published": True} for split, m in
+                       found.items()}
+        else:
+            ds = load_dataset(pcfg.dataset, pcfg.split, pcfg.data_dir, pcfg.limit, job.synthetic)
+            run = publish_live(kcfg, pcfg, ds, job.general.progress, stop=stopping()) if pcfg.rate else \
+                publish_dataset(kcfg, pcfg, ds, job.general.progress)
+            results = {pcfg.split: run.summary() if run.manifest is not None else
+                       {"topic": run.topic, "records": run.records, "manifest": None}}
+    report = {"mode": "publish", "kafka": as_dict(job.kafka), "publish": as_dict(pcfg), "results": results}
+    if pcfg.split is not None:
+        report["result"] = results[pcfg.split]
+    path = write_json(job.general.report or run_dir / "publish.json", report)
+    return {**report, "report_path": str(path)}
+
+
+def stopping():
+    """SIGTERM ends a live producer between records (what was sent is flushed)."""
+    import signal
+    import threading
+
+    flag = {"stop": False}
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: flag.update(stop=True))
+    return lambda: flag["stop"]
+
+
 def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
     """The other modes of ``ddp-kbit``: ``publish`` (the default topics), ``experiment``
     (a study), ``describe`` (a foreign topic's manifest), ``inspect`` (a look at a
     topic), ``evaluate`` (a saved model on a test topic)."""
-    from ddp_kbit.launch import driver, spark
+    from ddp_kbit.launch import spark
 
+    check_mode(mode, job)
     run_dir = make_run_dir(job.general.run_dir)
     with reachable(job.kafka, run_dir) as kcfg, spark.session_scope():
-        if mode == "publish":
-            report = driver.run_publish(job, kcfg)
-        elif mode == "describe":
+        if mode == "describe":
             report = describe(job, kcfg)
         elif mode == "inspect":
             from ddp_kbit.data.inspect import inspect_topic
 
-            if not job.inspect.topic:
-                raise ConfigError("--mode inspect needs --topic T")
             report = {"mode": "inspect", "findings": inspect_topic(kcfg, job.inspect.topic, run_dir,
                                                                    job.inspect.limit, job.source)}
         elif mode == "evaluate":
@@ -121,11 +155,22 @@ def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
     return write_report(job, run_dir, report)
 
 
+def check_mode(mode: str, job: JobConfig) -> None:
+    """What a mode requires, checked before Kafka or Spark is touched."""
+    if mode in ("describe", "inspect") and not job.inspect.topic:
+        raise ConfigError(f"{mode} needs --topic T")
+    if mode == "evaluate":
+        if not (job.data.test_topic or job.inspect.topic):
+            raise ConfigError("evaluate needs --test-topic T (or --topic T)")
+        if not job.evaluate.model_path:
+            raise ConfigError("evaluate needs --model-path (a run's model.pt, or a checkpoint)")
+        if not Path(job.evaluate.model_path).exists():
+            raise ConfigError(f"--model-path {job.evaluate.model_path} does not exist")
+
+
 def describe(job: JobConfig, kcfg: KafkaConfig) -> dict:
     from ddp_kbit.data.source import describe as describe_topic
 
-    if not job.inspect.topic:
-        raise ConfigError("--mode describe needs --topic T")
     _, findings = describe_topic(kcfg, job.inspect.topic, job.source, scan=job.inspect.scan,
                                  limit=job.inspect.limit or 1000)
     return {"mode": "describe", "findings": findings}
@@ -140,6 +185,7 @@ def publish(dataset: str = "fashion-mnist", *, bootstrap_servers: str | None = N
     from ddp_kbit.data.datasets import load_dataset
     from ddp_kbit.data.publish import publish as publish_dataset
 
+    fields.setdefault("split", "train")
     kcfg = kafka or KafkaConfig()
     if bootstrap_servers:
         kcfg = kcfg.with_servers(bootstrap_servers)

@@ -1,5 +1,11 @@
 """Per-part frozen configs, grouped in one :class:`JobConfig`, plus file + CLI merging.
 
+Each setting has one home: its field here. The field's ``setting(...)`` holds its
+help text (the command line's ``--help``, the docs' reference), its flag when that is
+not ``--<name>``, and how the command line parses it; a ``Literal`` type names the
+allowed values (the flag's choices, and the check every part makes on creation).
+:mod:`ddp_kbit.cli` builds every command's flags from these fields.
+
 Precedence: dataclass defaults < config file section < command-line flags. Each
 part validates itself in ``__post_init__`` and names the allowed values; each part
 of the program receives only its own config. A config file is TOML (or JSON) with
@@ -15,26 +21,55 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from ddp_kbit.errors import ConfigError
 from ddp_kbit.wire.sample import FORMATS, LAYOUTS, topic_name
 
-CLIENTS = ("confluent", "kafka-python")
-COMPRESSIONS = ("none", "gzip", "lz4", "zstd", "snappy")
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-MODELS = ("cnn3", "cnn", "mlp")            # ddp_kbit.train.models builds these
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "cosine", "onecycle", "step")
-DATASETS = ("fashion-mnist", "mnist", "gtsrb", "npz", "synthetic")
-SHUFFLES = ("window", "none")      # ddp_kbit.data.partitions plans these
+Format = Literal[FORMATS]          # the wire contract's formats (ddp_kbit.wire.sample)
+Layout = Literal[LAYOUTS]
+Client = Literal["confluent", "kafka-python"]
+Compression = Literal["none", "gzip", "lz4", "zstd", "snappy"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Model = Literal["cnn3", "cnn", "mlp"]      # ddp_kbit.train.models builds these
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["none", "cosine", "onecycle", "step"]
+Dataset = Literal["fashion-mnist", "mnist", "gtsrb", "npz", "synthetic"]
+ShuffleKind = Literal["window", "none"]     # ddp_kbit.data.partitions plans these
+Framing = Literal["none", "confluent"]
+Dtype = Literal["uint8", "float32"]
+Split = Literal["train", "test"]
+Workload = Literal["publish", "ingest", "train"]
+# topics we did not write, as study formats (ddp_kbit.experiment.foreign publishes them)
+ForeignShape = Literal["json-image", "bson-mongo", "avro-user", "avro-confluent", "protobuf-user"]
+StudyFormat = Literal[FORMATS + typing.get_args(ForeignShape)]
+
+CLIENTS, COMPRESSIONS = typing.get_args(Client), typing.get_args(Compression)
+SECURITY_PROTOCOLS, SASL_MECHANISMS = typing.get_args(SecurityProtocol), typing.get_args(SaslMechanism)
+LOG_LEVELS, MODELS, OPTIMIZERS = typing.get_args(LogLevel), typing.get_args(Model), typing.get_args(Optimizer)
+SCHEDULES, DATASETS, SHUFFLES = typing.get_args(Schedule), typing.get_args(Dataset), typing.get_args(ShuffleKind)
+FRAMINGS, WORKLOADS, FOREIGN_SHAPES = typing.get_args(Framing), typing.get_args(Workload), typing.get_args(ForeignShape)
 MANIFEST_TOPIC = "ddp_kbit.manifests"
 DEFAULT_FORMAT = "avro"            # of the default topics, when no --format is given
+START_AT = ("earliest", "latest", "manifest")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+            metavar: str | None = None, parse: Callable[[str], Any] | None = None, repeat: bool = False,
+            negate: bool = False, group: str | None = None, cli: bool = True, secret: bool = False) -> Any:
+    """A config field with its command-line face. ``flag``: when not ``--<name>``;
+    ``parse``: text -> value (default: from the field's type); ``repeat``: the flag
+    may be given again to add an item; ``negate``: a ``--no-...`` flag that turns a
+    default-on switch off; ``group``: the section whose flags it sits with;
+    ``cli=False``: config file only; ``secret``: never in a repr (nor a report)."""
+    meta = {"help": help, "flag": flag, "metavar": metavar, "parse": parse, "repeat": repeat, "negate": negate,
+            "group": group, "cli": cli}
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 def one_of(name: str, value, allowed) -> None:
@@ -52,42 +87,80 @@ def fraction(name: str, value) -> None:
         raise ConfigError(f"{name} must be within 0..1; got {value}")
 
 
-@dataclass(frozen=True)
-class GeneralConfig:
-    """Logging, where a run's files go, progress output."""
+def literal_values(hint) -> tuple | None:
+    """The allowed values of a ``Literal`` type (``X | None`` and tuples of it too)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next((a for a in typing.get_args(hint) if a is not type(None)), None)
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
-    log_level: str = "INFO"
-    run_dir: str | None = None      # default runs/<timestamp>/
-    report: str | None = None       # default <run dir>/report.json
-    progress: bool = True
+
+class Part:
+    """A config part: its ``Literal`` fields are checked on creation (one line naming
+    the allowed values), then :meth:`check` for the rest. ``title`` heads its flags."""
+
+    title: ClassVar[str] = ""
 
     def __post_init__(self):
-        one_of("log_level", self.log_level, LOG_LEVELS)
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = literal_values(hints[f.name])
+            value = getattr(self, f.name)
+            if allowed is None or value is None:
+                continue
+            for v in value if isinstance(value, tuple) else (value,):
+                one_of(f.name[:-1] if isinstance(value, tuple) else f.name, v, allowed)
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+
+def comma_ints(text: str) -> tuple[int, ...]:
+    """``28,28`` -> (28, 28)."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"expected integers separated by commas, e.g. 28,28; got {text!r}") from None
 
 
 @dataclass(frozen=True)
-class KafkaConfig:
+class GeneralConfig(Part):
+    """Logging, where a run's files go, progress output."""
+
+    title: ClassVar[str] = "general ([general])"
+    log_level: LogLevel = setting("INFO", "log verbosity", parse=str.upper)
+    run_dir: str | None = setting(None, "where the broker log, reports and checkpoints go (default "
+                                        "runs/<timestamp>/)", metavar="DIR")
+    report: str | None = setting(None, "JSON report path (default <run dir>/report.json)", metavar="PATH")
+    progress: bool = setting(True, "no progress bars (off a terminal they are a log line every 10%% anyway)",
+                             flag="--no-progress", negate=True)
+
+
+@dataclass(frozen=True)
+class KafkaConfig(Part):
     """Connection settings shared by every client. ``bootstrap_servers=None`` means
     the embedded broker. Security settings pass through to both client libraries;
     secrets never appear in a repr, a log line or a report."""
 
-    bootstrap_servers: str | None = None
-    client: str = "confluent"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: str | None = field(default=None, repr=False)
-    request_timeout_s: float = 10.0
+    title: ClassVar[str] = "kafka connection ([kafka])"
+    bootstrap_servers: str | None = setting(
+        None, "Kafka brokers; when omitted an embedded broker (tansu, memory only) is started for the duration of "
+              "the command", metavar="HOST:PORT[,...]")
+    client: Client = setting("confluent", "Kafka client library")
+    security_protocol: SecurityProtocol = setting("PLAINTEXT", "how to talk to the brokers")
+    sasl_mechanism: SaslMechanism | None = setting(None, "SASL mechanism for SASL_* protocols")
+    sasl_username: str | None = setting(None, "SASL user name")
+    sasl_password: str | None = setting(None, "SASL password (prefer the config file or $DDP_KBIT_SASL_PASSWORD)",
+                                        secret=True)
+    ssl_cafile: str | None = setting(None, "CA bundle to verify the brokers", metavar="PEM")
+    ssl_certfile: str | None = setting(None, "client certificate for mutual TLS", metavar="PEM")
+    ssl_keyfile: str | None = setting(None, "client private key for mutual TLS", metavar="PEM")
+    ssl_password: str | None = setting(None, "password of the client private key", secret=True)
+    request_timeout_s: float = setting(10.0, "give up on an unreachable broker after this long", metavar="S")
 
-    def __post_init__(self):
-        one_of("client", self.client, CLIENTS)
-        one_of("security_protocol", self.security_protocol, SECURITY_PROTOCOLS)
-        if self.sasl_mechanism is not None:
-            one_of("sasl_mechanism", self.sasl_mechanism, SASL_MECHANISMS)
+    def check(self):
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ConfigError(f"security_protocol {self.security_protocol} needs --sasl-mechanism")
         positive("request_timeout_s", self.request_timeout_s)
@@ -102,32 +175,39 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Part):
     """Which topics a run reads and how the stream reads them."""
 
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None     # where the dataset is read from when its topics must be published
-    format: str | None = None       # taken from the manifest; names the default topics (avro if not given)
-    layout: str = "bytes"
-    train_topic: str | None = None
-    test_topic: str | None = None
-    prefetch: int = 4               # batches decoded ahead of the training step
-    max_bad_fraction: float = 0.01
-    stall_timeout_s: float = 60.0   # no record for this long -> a clear error, not a hang
-    poll_records: int = 20_000      # records per poll
-    buffer_records: int = 50_000    # per-partition read-ahead before pausing the partition
-    shuffle: str = "window"         # "window": chunks dealt to ranks + a window permutation; "none": offset order
-    shuffle_chunk: int = 4096       # offsets per chunk (one seek each); shorter gaps are read through
-    shuffle_window: int = 32768     # records read, decoded and permuted together (also without shuffle)
-    allow_missing_records: bool = False  # train on what is left when retention deleted planned records
-    dlq_max_bytes: int = 1_000_000  # a bad record larger than this is dead-lettered without its value
+    title: ClassVar[str] = "data ([data])"
+    dataset: Dataset = setting("fashion-mnist", "the demo dataset, published when the default topics are missing "
+                                                "(on the embedded broker only; elsewhere: ddp-kbit publish)")
+    data_dir: str | None = setting(None, "where that dataset's files are (fashion-mnist: its Debian package's "
+                                         "folder)", metavar="PATH")
+    format: Format | None = setting(None, "wire format of topics without a manifest, and of the default topics "
+                                          "(avro when not given); a manifest's format wins and a contradicting flag "
+                                          "is an error")
+    layout: Layout = setting("bytes", "pixels as bytes or a list of ints, for the default topics")
+    train_topic: str | None = setting(None, "train topic (default {dataset}.train.{format})")
+    test_topic: str | None = setting(None, "test topic (default {dataset}.test.{format})")
+    prefetch: int = setting(4, "batches decoded ahead of the step", metavar="N")
+    max_bad_fraction: float = setting(0.01, "stop when more than this fraction of records is malformed; bad "
+                                            "records go to <topic>.dlq either way", metavar="F")
+    stall_timeout_s: float = setting(60.0, "no record for this long: a clear error, not a hang", cli=False)
+    poll_records: int = setting(20_000, "records per poll", cli=False)
+    buffer_records: int = setting(50_000, "per-partition read-ahead before the partition is paused", cli=False)
+    shuffle: ShuffleKind = setting(
+        "window", "window: each epoch, chunks of every partition are dealt to the ranks in a seeded order and a "
+                  "window of records is permuted into batches (training quality does not depend on the order "
+                  "producers wrote); none: batches of neighbouring offsets, for comparison")
+    shuffle_chunk: int = setting(4096, "offsets per chunk: one seek and one contiguous read each", metavar="N")
+    shuffle_window: int = setting(32768, "records read, decoded and permuted together per rank", metavar="N")
+    allow_missing_records: bool = setting(False, "when retention deleted records a manifest covers, train on the "
+                                                 "rest (counted in the report) instead of stopping")
+    dlq_max_bytes: int = setting(1_000_000, "a bad record larger than this goes to the dead-letter topic without "
+                                            "its value (a header says why), so a huge record cannot stop training",
+                                 metavar="N")
 
-    def __post_init__(self):
-        one_of("dataset", self.dataset, DATASETS)
-        if self.format is not None:
-            one_of("format", self.format, FORMATS)
-        one_of("layout", self.layout, LAYOUTS)
-        one_of("shuffle", self.shuffle, SHUFFLES)
+    def check(self):
         for name in ("prefetch", "stall_timeout_s", "poll_records", "buffer_records", "shuffle_chunk",
                      "shuffle_window", "dlq_max_bytes"):
             positive(name, getattr(self, name))
@@ -142,35 +222,35 @@ class DataConfig:
         return self.train_topic is None and self.test_topic is None
 
 
-FRAMINGS = ("none", "confluent")
-
-
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(Part):
     """How to read a topic that was not written to wire contract v1 (``[source]``):
     the value's format and schema, where the image and the label are, the sample
     type, and the framing. Empty (``value_format=None``) means contract v1."""
 
-    value_format: str | None = None      # json | avro | protobuf | bson
-    value_schema: str | None = None      # .avsc, or .proto (with value_message); the reader schema with a registry
-    value_message: str | None = None     # protobuf message name in value_schema
-    image_field: str = "image"           # path, e.g. features.pixels
-    label_field: str = "label"
-    shape: tuple[int, ...] = ()          # H,W[,C]; inferred by --mode describe when it can be
-    dtype: str | None = None             # uint8 | float32; inferred by describe
-    num_classes: int | None = None
-    classes: tuple[str, ...] = ()        # string labels, in class-index order
-    framing: str = "none"                # none | confluent (Schema Registry wire format)
-    schema_registry: str | None = None   # URL
-    registry_user: str | None = None
-    registry_password: str | None = field(default=None, repr=False)
+    title: ClassVar[str] = "topics we did not write ([source]; describe writes a manifest from these)"
+    value_format: Format | None = setting(None, "the values' format (without it, topics follow wire contract v1)")
+    value_schema: str | None = setting(None, "Avro .avsc or Protobuf .proto of the values (with a registry: the "
+                                             "reader schema)", metavar="FILE")
+    value_message: str | None = setting(None, "the Protobuf message in --value-schema", metavar="NAME")
+    image_field: str = setting("image", "where the image is: bytes, base64 text, a flat or nested list (a dotted "
+                                        "path reaches into nested records, e.g. features.pixels)", metavar="PATH")
+    label_field: str = setting("label", "where the label is: an int, or a string of --classes", metavar="PATH")
+    shape: tuple[int, ...] = setting((), "image shape (inferred by describe when it can be)", metavar="H,W[,C]",
+                                     parse=comma_ints)
+    dtype: Dtype | None = setting(None, "image type (inferred by describe)")
+    num_classes: int | None = setting(None, "class count (inferred by describe)", metavar="K")
+    classes: tuple[str, ...] = setting((), "class names, in class-index order, for string labels",
+                                       metavar="A,B,...")
+    framing: Framing = setting("none", "confluent: Schema Registry wire format (magic byte, schema id, for "
+                                       "Protobuf message indexes) before each value")
+    schema_registry: str | None = setting(None, "Schema Registry that resolves the framing's schema ids",
+                                          metavar="URL")
+    registry_user: str | None = setting(None, "Schema Registry basic-auth user", metavar="USER")
+    registry_password: str | None = setting(None, "Schema Registry basic-auth password (never logged)",
+                                            metavar="PASSWORD", secret=True)
 
-    def __post_init__(self):
-        if self.value_format is not None:
-            one_of("value_format", self.value_format, FORMATS)
-        one_of("framing", self.framing, FRAMINGS)
-        if self.dtype is not None:
-            one_of("dtype", self.dtype, ("uint8", "float32"))
+    def check(self):
         if self.shape and (not 2 <= len(self.shape) <= 3 or any(d < 1 for d in self.shape)):
             raise ConfigError(f"shape must be H,W or H,W,C with every dimension > 0; got {list(self.shape)}")
         if self.num_classes is not None:
@@ -206,32 +286,42 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Part):
     """Model and optimisation, per rank."""
 
-    model: str = "cnn3"            # built-in name, MODULE:FUNCTION or PATH.py:FUNCTION
-    epochs: int = 5
-    batch_size: int = 128           # per rank, per step
-    eval_batch_size: int = 1000
-    lr: float = 5e-3                # the peak of the one-cycle schedule
-    optimizer: str = "adam"
-    momentum: float = 0.9           # sgd only
-    weight_decay: float = 0.0
-    lr_schedule: str = "onecycle"
-    amp: bool = False               # CUDA only
-    grad_accum: int = 1
-    seed: int = 0
-    label_smoothing: float = 0.1
-    augment: bool = False           # built-in random crop + flip of image batches, on the device, training only
-    transforms: tuple[str, ...] = ()  # batch transforms, MODULE:FUNCTION or PATH.py:FUNCTION, in order
-    handlers: tuple[str, ...] = ()  # extra ignite handlers, MODULE:FUNCTION or PATH.py:FUNCTION
-    follow: bool = False            # keep training on new records in windows ([follow] says how)
+    title: ClassVar[str] = "training ([train])"
+    model: str = setting("cnn3", f"network: built-in {', '.join(MODELS)}, or your own FUNCTION(shape, num_classes) "
+                                 "-> torch.nn.Module (a file is sent with the run, so executors need not have it); "
+                                 "sized from the manifest", metavar="NAME|MODULE:FUNCTION|PATH.py:FUNCTION")
+    epochs: int = setting(5, "passes over the train topic")
+    batch_size: int = setting(128, "records per step per process")
+    eval_batch_size: int = setting(1000, "records per evaluation step per process")
+    lr: float = setting(5e-3, "learning rate (the peak of the one-cycle schedule)")
+    optimizer: Optimizer = setting("adam", "optimizer")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "L2 weight decay")
+    lr_schedule: Schedule = setting("onecycle", "learning-rate schedule over all steps")
+    amp: bool = setting(False, "mixed precision (CUDA only)")
+    grad_accum: int = setting(1, "batches per optimizer step", metavar="N")
+    seed: int = setting(0, "model init, shuffle and augmentation seed")
+    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy loss", metavar="F")
+    augment: bool = setting(False, "built-in augmentation of image batches on the device: random crop after "
+                                   "2-pixel padding and horizontal flip (training only)")
+    transforms: tuple[str, ...] = setting(
+        (), "batch transform FUNCTION(images, labels, train) -> (images, labels) on the device after the uint8 -> "
+            "float scaling (train=False in evaluation; a 'generator' keyword gets a seeded torch.Generator); "
+            "repeatable, applied in order", flag="--transform", repeat=True,
+        metavar="MODULE:FUNCTION|PATH.py:FUNCTION")
+    handlers: tuple[str, ...] = setting((), "extra ignite handler, called as FUNCTION(trainer, context) on every "
+                                            "rank each epoch; repeatable", flag="--handler", repeat=True,
+                                        metavar="MODULE:FUNCTION|PATH.py:FUNCTION")
+    follow: bool = setting(False, "keep training on new records as they arrive, in windows planned like epochs "
+                                  "(each record once); stops at --max-windows, --until-idle, SIGTERM or Ctrl-C, "
+                                  "after a checkpoint and a snapshot", group="follow")
 
-    def __post_init__(self):
+    def check(self):
         if ":" not in self.model:
             one_of("model", self.model, MODELS + ("MODULE:FUNCTION", "PATH.py:FUNCTION"))
-        one_of("optimizer", self.optimizer, OPTIMIZERS)
-        one_of("lr_schedule", self.lr_schedule, SCHEDULES)
         for name in ("epochs", "batch_size", "eval_batch_size", "lr", "grad_accum"):
             positive(name, getattr(self, name))
         positive("weight_decay", self.weight_decay, allow_zero=True)
@@ -244,25 +334,30 @@ class TrainConfig:
                     raise ConfigError(f"{kind} must be MODULE:FUNCTION or PATH.py:FUNCTION; got {h!r}")
 
 
-START_AT = ("earliest", "latest", "manifest")
-
-
 @dataclass(frozen=True)
-class FollowConfig:
+class FollowConfig(Part):
     """Continuous training (``--follow``): windows of new records, each planned like an epoch."""
 
-    start_at: str = "earliest"           # earliest | latest | manifest (after its snapshot) | an ISO 8601 time
-    window_records: int = 10_000         # a window closes at this many new records...
-    window_seconds: float = 60.0         # ...or after this long with at least one new record
-    until_idle_s: float | None = None    # stop after this long without new records (the rest trained first)
-    max_windows: int | None = None
-    replay_fraction: float = 0.0         # older records mixed into each window (rehearsal), per new record
-    prequential: bool = True             # score each batch before training on it (test-then-train)
-    publish_model: str | None = None     # DIR: model-<window>.pt + latest.json after each window
-    model_topic: str | None = None       # a small record pointing at each published snapshot
-    publish_tolerance: float | None = None  # publish only when accuracy is at most this much below the last one
+    title: ClassVar[str] = "continuous training (--follow; [follow])"
+    start_at: str = setting("earliest", "earliest (what is there, then new records), latest (only new ones), "
+                                        "manifest (after the manifest's snapshot), or an ISO 8601 time "
+                                        "(offsets_for_times)", metavar="WHEN")
+    window_records: int = setting(10_000, "a window closes at N new records...", metavar="N")
+    window_seconds: float = setting(60.0, "...or S seconds after it opened, with at least one record", metavar="S")
+    until_idle_s: float | None = setting(None, "stop after S seconds without new records (what arrived since the "
+                                               "last window is trained first)", flag="--until-idle", metavar="S")
+    max_windows: int | None = setting(None, "stop after N windows", metavar="N")
+    replay_fraction: float = setting(0.0, "mix F x the window's size of older records into each window (rehearsal "
+                                          "against forgetting; counted apart from new records)", metavar="F")
+    prequential: bool = setting(True, "do not score each batch before its step (prequential, test-then-train "
+                                      "accuracy)", flag="--no-prequential", negate=True)
+    publish_model: str | None = setting(None, "after each window: DIR/model-<window>.pt and DIR/latest.json "
+                                              "(atomic)", metavar="DIR")
+    model_topic: str | None = setting(None, "also a small record on TOPIC pointing at each snapshot", metavar="TOPIC")
+    publish_tolerance: float | None = setting(None, "publish only when the window's accuracy is at most F below "
+                                                    "the last published one", metavar="F")
 
-    def __post_init__(self):
+    def check(self):
         if self.start_at not in START_AT:
             from datetime import datetime
 
@@ -291,34 +386,52 @@ class FollowConfig:
 
 
 @dataclass(frozen=True)
-class CheckpointConfig:
-    dir: str | None = None          # default <run dir>/checkpoints; shared storage on a cluster
-    every: int = 0                  # steps; 0 = only at epoch ends
-    resume: bool = False
-    max_restarts: int = 0
-    keep: int = 3                   # newest checkpoints kept
+class CheckpointConfig(Part):
+    title: ClassVar[str] = "checkpoints and failures ([checkpoint])"
+    dir: str | None = setting(None, "default <run dir>/checkpoints; shared storage on a cluster",
+                              flag="--checkpoint-dir", metavar="DIR")
+    every: int = setting(0, "also checkpoint every N steps (0: epoch ends only)", flag="--checkpoint-every",
+                         metavar="N")
+    resume: bool = setting(False, "resume from the newest checkpoint in --checkpoint-dir")
+    max_restarts: int = setting(0, "re-run from the newest checkpoint after a failure", metavar="N")
+    keep: int = setting(3, "newest checkpoints kept", cli=False)
 
-    def __post_init__(self):
+    def check(self):
         positive("checkpoint every", self.every, allow_zero=True)
         positive("max_restarts", self.max_restarts, allow_zero=True)
         positive("checkpoint keep", self.keep)
 
 
 @dataclass(frozen=True)
-class SparkConfig:
-    master: str | None = None        # default: spark-defaults.conf, else local[N]
-    num_processes: int = 2
-    distributed: bool = False        # barrier tasks on executors instead of local_mode
-    gpu: bool = False                # one GPU per rank (spark_conf/gpu.conf), NCCL
-    rapids: bool = False             # the RAPIDS Accelerator on the Spark side (spark_conf/rapids.conf)
-    conf: tuple[str, ...] = ()       # KEY=VALUE overrides
-    conf_dir: str | None = None      # default: the shipped spark_conf/ (ddp_kbit.assets)
-    collective_timeout_s: float = 180.0  # no rank waits longer on a collective (a dead peer)
-    launch_timeout_s: float = 180.0  # a barrier stage that cannot get its slots fails after this long
-    ship_package: bool = False       # send the package zip with each launch (executors without ddp_kbit)
-    secret_file: str | None = None   # a standalone cluster's RPC secret (spark.authenticate); default: main_cluster's
+class SparkConfig(Part):
+    title: ClassVar[str] = "spark ([spark])"
+    master: str | None = setting(None, "Spark master URL (default from spark_conf/spark-defaults.conf: local[N])")
+    num_processes: int = setting(2, "DDP processes", metavar="N")
+    distributed: bool = setting(False, "run the processes as Spark barrier tasks on executors (default: local_mode "
+                                       "on the driver)")
+    gpu: bool = setting(False, "one GPU per process (NCCL), pinned memory; loads spark_conf/gpu.conf (GPU "
+                               "scheduling: one GPU address per rank). A rank that sees no CUDA device is an error, "
+                               "never a silent CPU run")
+    rapids: bool = setting(False, "also load spark_conf/rapids.conf: the RAPIDS Accelerator for the Spark SQL side "
+                                  "of a pipeline (not the torch ranks); needs the rapids-4-spark jar on Spark's "
+                                  "classpath")
+    conf: tuple[str, ...] = setting((), "Spark setting override; repeatable", flag="--spark-conf", repeat=True,
+                                    metavar="KEY=VALUE")
+    conf_dir: str | None = setting(None, "read spark-defaults.conf, gpu.conf and rapids.conf from DIR instead of the "
+                                         "shipped ones", flag="--spark-conf-dir", metavar="DIR")
+    collective_timeout_s: float = setting(180.0, "a rank gives up on a collective (e.g. a dead peer) after this many "
+                                                 "seconds", flag="--collective-timeout", metavar="S")
+    launch_timeout_s: float = setting(180.0, "--distributed: fail, naming the slots requested and available, when "
+                                             "the cluster cannot run every rank at once within this many seconds",
+                                      flag="--launch-timeout", metavar="S")
+    ship_package: bool = setting(False, "send this package (a zip) with each launch, for executors whose Python does "
+                                        "not have ddp_kbit")
+    secret_file: str | None = setting(None, "a file holding the RPC authentication secret of a standalone cluster "
+                                            "(spark.authenticate); `python -m ddp_kbit.main_cluster up` writes one, "
+                                            "and a run against the master it recorded uses it without this flag",
+                                      flag="--spark-secret-file", metavar="FILE")
 
-    def __post_init__(self):
+    def check(self):
         positive("num_processes", self.num_processes)
         positive("collective_timeout_s", self.collective_timeout_s)
         positive("launch_timeout_s", self.launch_timeout_s)
@@ -328,24 +441,33 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
-class PublishConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    split: str = "train"
-    format: str = DEFAULT_FORMAT
-    layout: str = "bytes"
-    topic: str | None = None
-    partitions: int = 4
-    compression: str = "none"
-    limit: int | None = None
-    force: bool = False
-    manifest_topic: str = MANIFEST_TOPIC
-    rate: float | None = None       # live: records per second, appended pass after pass
-    duration_s: float | None = None  # live: for this long...
-    repeat: int | None = None       # ...or this many passes over the dataset
+class PublishConfig(Part):
+    """What ``ddp-kbit publish`` writes: a dataset split to a topic, then its manifest."""
 
-    def __post_init__(self):
-        one_of("dataset", self.dataset, DATASETS)
+    title: ClassVar[str] = "publishing a dataset ([publish])"
+    dataset: Dataset = setting("fashion-mnist", "the dataset to publish")
+    data_dir: str | None = setting(None, "folder (or file) holding the dataset; fashion-mnist defaults to "
+                                         "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)",
+                                   metavar="PATH")
+    split: Split | None = setting(None, "which split (default: both, each only when its topic has no manifest "
+                                        "yet; python -m producers.publish: train)")
+    format: Format = setting(DEFAULT_FORMAT, "wire format")
+    layout: Layout = setting("bytes", "pixels as raw bytes or a list of ints")
+    topic: str | None = setting(None, "topic name (default {dataset}.{split}.{format}[.list])")
+    partitions: int = setting(4, "partitions of a new topic", metavar="N")
+    compression: Compression = setting("none", "producer compression")
+    limit: int | None = setting(None, "publish only the first N samples", metavar="N")
+    force: bool = setting(False, "append to a topic that already holds records; the new manifest covers only the "
+                                 "new records")
+    manifest_topic: str = setting(MANIFEST_TOPIC, "the topic of manifests", cli=False)
+    rate: float | None = setting(None, "a live producer: append at R records/s (keys continue the index); a "
+                                       "manifest after each completed pass covers every record acknowledged so far",
+                                 metavar="R")
+    duration_s: float | None = setting(None, "with --rate: for S seconds, pass after pass", flag="--duration",
+                                       metavar="S")
+    repeat: int | None = setting(None, "with --rate: K passes over the dataset (default 1)", metavar="K")
+
+    def check(self):
         for name in ("rate", "duration_s", "repeat"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name))
@@ -353,76 +475,79 @@ class PublishConfig:
             raise ConfigError("--duration and --repeat go with --rate R (a live producer)")
         if self.duration_s is not None and self.repeat is not None:
             raise ConfigError("give --duration or --repeat, not both")
-        one_of("split", self.split, ("train", "test"))
-        one_of("format", self.format, FORMATS)
-        one_of("layout", self.layout, LAYOUTS)
-        one_of("compression", self.compression, COMPRESSIONS)
         positive("partitions", self.partitions)
         if self.limit is not None:
             positive("limit", self.limit)
 
     @property
     def topic_name(self) -> str:
-        return self.topic or topic_name(self.dataset, self.split, self.format, self.layout)
+        return self.topic or topic_name(self.dataset, self.split or "train", self.format, self.layout)
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Part):
     """The seeded synthetic dataset (``--dataset synthetic``)."""
 
-    shape: tuple[int, ...] = (28, 28)
-    num_classes: int = 10
-    num_samples: int = 1000
-    seed: int = 0
-    dtype: str = "uint8"
+    title: ClassVar[str] = "the synthetic dataset ([synthetic])"
+    shape: tuple[int, ...] = setting((28, 28), "synthetic dataset: sample shape", metavar="H,W[,C]",
+                                     parse=comma_ints)
+    num_classes: int = setting(10, "synthetic dataset: classes", metavar="K")
+    num_samples: int = setting(1000, "synthetic dataset: samples", metavar="N")
+    seed: int = setting(0, "synthetic dataset: seed")
+    dtype: Dtype = setting("uint8", "synthetic dataset: sample type", cli=False)
 
-    def __post_init__(self):
+    def check(self):
         if not 2 <= len(self.shape) <= 3 or any(d < 1 for d in self.shape):
             raise ConfigError(f"shape must be H,W or H,W,C with every dimension > 0; got {list(self.shape)}")
         positive("num_classes", self.num_classes)
         positive("num_samples", self.num_samples)
-        one_of("dtype", self.dtype, ("uint8", "float32"))
-
-
-WORKLOADS = ("publish", "ingest", "train")
-# topics we did not write, as study formats (ddp_kbit.experiment.foreign publishes them)
-FOREIGN_SHAPES = ("json-image", "bson-mongo", "avro-user", "avro-confluent", "protobuf-user")
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Part):
     """A study: a grid of conditions, each measured ``iterations`` times (after
     ``warmup`` unrecorded-in-statistics ones). A preset (``experiments/<name>.toml``)
     sets these; the config file's ``[experiment]`` and flags override it."""
 
-    preset: str = "formats"
-    description: str = ""
-    formats: tuple[str, ...] = FORMATS
-    layouts: tuple[str, ...] = ("bytes",)
-    compressions: tuple[str, ...] = ("none",)
-    clients: tuple[str, ...] = ("confluent",)
-    workloads: tuple[str, ...] = ("publish", "ingest")
-    num_processes: tuple[int, ...] = (1,)
-    shuffles: tuple[str, ...] = ("window",)   # the stream's plans compared (ingest, train)
-    iterations: int = 10
-    warmup: int = 1
-    limit: int | None = None        # records per topic; default the whole split
-    epochs: int = 1                 # of the train workload
-    passes: int = 1                 # reads of the whole topic per ingest measurement (a consumer each, like epochs)
-    partitions: int = 4             # of the topics the study publishes
-    output_dir: str | None = None   # default <run dir>/experiment
-    seed: int = 0                   # bootstrap resampling
-    confidence: float = 0.95
+    title: ClassVar[str] = "the study ([experiment]; a preset sets these, flags override it)"
+    preset: str = setting("formats", "study preset: one of experiments/<name>.toml, or a .toml file of your own",
+                          metavar="NAME|FILE")
+    description: str = setting("", "what the study is for (presets say)", cli=False)
+    formats: tuple[StudyFormat, ...] = setting(FORMATS, f"wire formats ({', '.join(FORMATS)}), and topics we did "
+                                                        f"not write ({', '.join(FOREIGN_SHAPES)})",
+                                               metavar="F[,F...]")
+    layouts: tuple[Layout, ...] = setting(("bytes",), "pixel layouts (bytes, list)", metavar="L[,L...]")
+    compressions: tuple[Compression, ...] = setting(("none",), f"producer compressions ({', '.join(COMPRESSIONS)})",
+                                                    metavar="C[,C...]")
+    clients: tuple[Client, ...] = setting(("confluent",), f"Kafka clients ({', '.join(CLIENTS)})",
+                                          metavar="C[,C...]")
+    workloads: tuple[Workload, ...] = setting(("publish", "ingest"), "publish (the publisher, in the driver), "
+                                                                     "ingest (the stream into batches, in the ranks), "
+                                                                     "train (the real training path); raw and memory "
+                                                                     "baselines are added", metavar="W[,W...]")
+    num_processes: tuple[int, ...] = setting((1,), "process counts the study measures, one launch each",
+                                             flag="--study-processes", metavar="N[,M...]", parse=comma_ints)
+    shuffles: tuple[ShuffleKind, ...] = setting(("window",), "the stream's plans to compare (window, none)",
+                                                metavar="S[,S...]")
+    iterations: int = setting(10, "measured iterations per condition, interleaved round-robin", metavar="N")
+    warmup: int = setting(1, "extra iterations first, recorded as warmup and left out of the statistics",
+                          metavar="N")
+    limit: int | None = setting(None, "records per topic (default the whole split)", flag="--study-limit",
+                                metavar="N")
+    epochs: int = setting(1, "epochs of the study's train workload", flag="--study-epochs", metavar="N")
+    passes: int = setting(1, "reads of the whole topic per ingest measurement, a consumer each (more records per "
+                             "measurement, less noise)", metavar="N")
+    partitions: int = setting(4, "partitions of the topics the study publishes", cli=False)
+    output_dir: str | None = setting(None, "where results.csv, summary.csv, results.json, plots and report.md go "
+                                           "(default <run dir>/experiment)", metavar="DIR")
+    seed: int = setting(0, "seed of the bootstrap resampling", cli=False)
+    confidence: float = setting(0.95, "confidence of the bootstrap intervals", cli=False)
 
-    def __post_init__(self):
-        for name, allowed in (("formats", FORMATS + FOREIGN_SHAPES), ("layouts", LAYOUTS),
-                              ("compressions", COMPRESSIONS), ("clients", CLIENTS), ("workloads", WORKLOADS),
-                              ("shuffles", SHUFFLES)):
-            values = getattr(self, name)
-            if not values:
-                raise ConfigError(f"{name} must name at least one of {', '.join(allowed)}")
-            for v in values:
-                one_of(name[:-1], v, allowed)
+    def check(self):
+        for name in ("formats", "layouts", "compressions", "clients", "workloads", "shuffles"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must name at least one of "
+                                  f"{', '.join(literal_values(typing.get_type_hints(type(self))[name]))}")
         for n in self.num_processes:
             positive("num_processes", n)
         for name in ("iterations", "epochs", "passes", "partitions"):
@@ -435,34 +560,46 @@ class ExperimentConfig:
 
 
 @dataclass(frozen=True)
-class InspectConfig:
-    """What ``--mode describe`` and ``--mode inspect`` read."""
+class InspectConfig(Part):
+    """What ``describe`` and ``inspect`` read."""
 
-    topic: str | None = None
-    limit: int | None = None        # records; default describe 1000, inspect all
-    scan: bool = False              # describe: every record, not a sample
+    title: ClassVar[str] = "reading a topic ([inspect])"
+    topic: str | None = setting(None, "the topic to describe or inspect")
+    limit: int | None = setting(None, "records to read (describe: a sample of 1000 by default; inspect: all)",
+                                metavar="N")
+    scan: bool = setting(False, "describe: read every record, not a sample")
 
-    def __post_init__(self):
+    def check(self):
         if self.limit is not None:
             positive("limit", self.limit)
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    """``--mode evaluate``: which model, and where its predictions go."""
+class EvaluateConfig(Part):
+    """``evaluate``: which model, and where its predictions go."""
 
-    model_path: str | None = None         # a run's model.pt, or a checkpoint
-    predictions_topic: str | None = None  # one record per input
+    title: ClassVar[str] = "evaluating a saved model ([evaluate])"
+    model_path: str | None = setting(None, "a run's model.pt (model.json beside it says how it was trained) or a "
+                                           "checkpoint", metavar="PATH")
+    predictions_topic: str | None = setting(None, "one record per input: its key; JSON index, label, prediction, "
+                                                  "probabilities; headers naming the model and the source record "
+                                                  "(exactly once per model, across reruns)", metavar="TOPIC")
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(Part):
     """Operating a run: Prometheus metrics and committed offsets for lag tools."""
 
-    port: int | None = None           # the driver serves /metrics here; rank r serves on port + 1 + r
-    commit_group: str | None = None   # consumer group for trained offsets (default ddp_kbit.<train topic>; none: off)
+    title: ClassVar[str] = "operating a run ([metrics])"
+    port: int | None = setting(None, "serve Prometheus metrics: the driver's /metrics on P gathers every rank's "
+                                     "(rank r also serves its own on P+1+r); off by default", flag="--metrics-port",
+                               metavar="P")
+    commit_group: str | None = setting(None, "after each checkpoint, commit the trained offsets to this consumer "
+                                             "group so lag tools see the run (default ddp_kbit.<train topic>; none: "
+                                             "off); never read back: checkpoints are the source of truth",
+                                       metavar="GROUP")
 
-    def __post_init__(self):
+    def check(self):
         if self.port is not None and not 1 <= self.port <= 65000:
             raise ConfigError(f"metrics port must be within 1..65000; got {self.port}")
 
@@ -470,6 +607,19 @@ class MetricsConfig:
         if self.commit_group == "none":
             return None
         return self.commit_group or f"ddp_kbit.{topic}"
+
+
+@dataclass(frozen=True)
+class BrokerConfig(Part):
+    """``ddp-kbit broker``: the embedded broker on its own, for trying things out."""
+
+    title: ClassVar[str] = "the embedded broker ([broker])"
+    host: str = setting("127.0.0.1", "address to listen on (and advertise)")
+    port: int | None = setting(None, "port to listen on (default: a free one)", metavar="P")
+
+    def check(self):
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ConfigError(f"broker port must be within 1..65535; got {self.port}")
 
 
 @dataclass(frozen=True)
@@ -488,6 +638,42 @@ class JobConfig:
     follow: FollowConfig = FollowConfig()
     metrics: MetricsConfig = MetricsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+
+@dataclass(frozen=True)
+class PublishJob:
+    """What ``ddp-kbit publish`` (and ``python -m producers.publish``) runs with."""
+
+    general: GeneralConfig = GeneralConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    publish: PublishConfig = PublishConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+@dataclass(frozen=True)
+class BrokerJob:
+    general: GeneralConfig = GeneralConfig()
+    broker: BrokerConfig = BrokerConfig()
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """A field's command-line flag."""
+    return f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+
+
+def flags_of(cls) -> list[dataclasses.Field]:
+    """The fields of a part that have a flag."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli")]
+
+
+def flag_keys(group_cls) -> dict[str, tuple[str, str]]:
+    """Every flag of a grouping config as a keyword (``--checkpoint-dir`` ->
+    ``checkpoint_dir``) -> (section, field): the Python API's names, one home with the CLI's."""
+    out = {}
+    for section, part in sections_of(group_cls).items():
+        for f in flags_of(part):
+            out[flag_of(f).removeprefix("--no-").lstrip("-").replace("-", "_")] = (section, f.name)
+    return out
 
 
 def sections_of(cls) -> dict[str, type]:
@@ -549,8 +735,12 @@ def coerce(name: str, value, hint):
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is Literal:   # checked against its values by the part itself
+        hint = type(typing.get_args(hint)[0])
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
+        if typing.get_origin(item) is Literal:
+            item = type(typing.get_args(item)[0])
         if isinstance(value, str) and item is str:
             value = [value]
         if not isinstance(value, (list, tuple)):

@@ -30,7 +30,7 @@ if sys.version_info < (3, 11):
 PY
 
 stamp="$VENV/.ddp_kbit-installed"
-want="$(cat setup.py | sha256sum | cut -c1-16)-torch$TORCH_VERSION"
+want="$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)-torch$TORCH_VERSION"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

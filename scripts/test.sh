@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# what only the tests need: stunnel4 (TLS in front of the embedded broker)
+test_debs=()
+command -v stunnel4 >/dev/null 2>&1 || test_debs+=(stunnel4)
+if [ ${#test_debs[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "test: installing Debian packages: ${test_debs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${test_debs[@]}" >/dev/null
+fi
 echo "test: ruff"
 .venv/bin/ruff check .
 echo "test: import-linter (layers follow the data flow)"

@@ -34,16 +34,42 @@ def ensure_default_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool) -
     return ensure_published(kcfg, pcfg, splits=("train", "test"), progress=progress)
 
 
-def resolve_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool,
-                   source: SourceConfig | None = None) -> dict[str, manifest.Manifest]:
-    """Manifests of the train and test topics: the default ones (published if
-    missing), the named ones (manifest, else derived from the broker), or, with a
-    source description, topics we did not write as described now."""
-    if data.default_topics:
+def resolve_topics(kcfg: KafkaConfig, data: DataConfig, progress: bool, source: SourceConfig | None = None,
+                   embedded: bool = True) -> dict[str, manifest.Manifest]:
+    """Manifests of the train and test topics: the default ones (published if missing,
+    on the embedded broker only: a user's cluster is never written to unasked), the
+    named ones (manifest, else derived from the broker), or, with a source
+    description, topics we did not write as described now."""
+    if data.default_topics and embedded:
         return ensure_default_topics(kcfg, data, progress)
+    if data.default_topics:
+        return {split: demo_topic(kcfg, data, split) for split in ("train", "test")}
     if source is not None and source.described:
         return {split: describe(kcfg, data.topic(split), source, write=False)[0] for split in ("train", "test")}
     return {split: manifest.resolve(kcfg, data.topic(split)) for split in ("train", "test")}
+
+
+def demo_topic(kcfg: KafkaConfig, data: DataConfig, split: str) -> manifest.Manifest:
+    """The demo dataset's topic on a broker the user named: there when published, else one line."""
+    topic = data.topic(split)
+    found = manifest.read_all(kcfg).get(topic)
+    if found is None:
+        raise UserError(f"no --train-topic given, and the demo topic {topic} is not on {kcfg.bootstrap_servers} (it "
+                        "is published unasked only on the embedded broker): name your topics with --train-topic and "
+                        f"--test-topic, or publish the demo first: ddp-kbit publish --bootstrap-servers "
+                        f"{kcfg.bootstrap_servers}")
+    return found
+
+
+def check_local_inputs(job: JobConfig, model=None, transforms=()) -> None:
+    """What is on this machine, checked before Kafka or Spark is touched: the model,
+    transform and handler code (files read, functions imported), schema files."""
+    model, refs, handlers = user_code(job, model, transforms)
+    for ref, what in ((model, "--model"), *((t, "--transform") for t in refs), *((h, "--handler") for h in handlers)):
+        if isinstance(ref, usercode.CodeRef):
+            usercode.load(ref, what)
+    if job.source.value_schema and not Path(job.source.value_schema).is_file():
+        raise UserError(f"--value-schema {job.source.value_schema} does not exist")
 
 
 def check_compatible(train: manifest.Manifest, test: manifest.Manifest, data: DataConfig) -> int:
@@ -283,9 +309,10 @@ def follow_start(kcfg: KafkaConfig, m: manifest.Manifest, cfg: FollowConfig) -> 
 
 def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, transforms=()) -> dict:
     """``kcfg``: the job's Kafka config with reachable servers (the embedded broker's, if any)."""
+    embedded = not job.kafka.bootstrap_servers
     with DirectoryLock(checkpoint_dir(job, run_dir)):   # one run at a time per checkpoint directory, first
         manifests, missing = {}, []
-        for split, m in resolve_topics(kcfg, job.data, job.general.progress, job.source).items():
+        for split, m in resolve_topics(kcfg, job.data, job.general.progress, job.source, embedded).items():
             if job.train.follow and split == "train":
                 manifests[split] = m   # a followed topic grows past its manifest: the broker says what is there
                 continue
@@ -305,8 +332,3 @@ def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, t
                  < spec.train_topic.partitions.get(p, (0, 0))[1])
     return train_report(job, kcfg, launched, restarts, dlq_topic(manifests["train"].topic), missing, attempts,
                         in_run)
-
-
-def run_publish(job: JobConfig, kcfg: KafkaConfig) -> dict:
-    manifests = ensure_default_topics(kcfg, job.data, job.general.progress)
-    return {"mode": "publish", "topics": {s: m.topic for s, m in manifests.items()}}

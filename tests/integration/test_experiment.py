@@ -74,10 +74,10 @@ def test_unknown_preset_is_one_line_naming_the_available():
 
 
 def test_the_study_has_its_own_process_counts_and_epochs():
-    from ddp_kbit.main import build_parser, job_config
+    from ddp_kbit.main import parse
 
-    job = job_config(build_parser().parse_args(["--mode", "experiment", "--study-processes", "1,2",
-                                                "--study-epochs", "3", "--num-processes", "4", "--epochs", "7"]))
+    _, _, job = parse(["--mode", "experiment", "--study-processes", "1,2", "--study-epochs", "3", "--num-processes",
+                       "4", "--epochs", "7"])
     assert job.experiment.num_processes == (1, 2) and job.experiment.epochs == 3
     assert job.spark.num_processes == 4 and job.train.epochs == 7        # training flags keep their meaning
     r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--num-processes", "1,2"], capture_output=True,

@@ -148,13 +148,14 @@ def test_bad_flag_exits_2(tmp_path):
 
 
 def test_help_explains_every_flag():
-    from ddp_kbit.main import build_parser as main_parser
+    from ddp_kbit.main import COMMANDS, command_parser
     from producers.publish import build_parser as publish_parser
 
-    for parser in (main_parser(), publish_parser()):
+    for parser in (*(command_parser(c) for c in COMMANDS), publish_parser()):
         undocumented = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
         assert undocumented == []
-    out = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--mode", "train", "--help"], capture_output=True,
+                         text=True).stdout
     for flag in ("--checkpoint-every", "--spark-conf", "--sasl-mechanism", "--transform", "--shuffle", "--rapids"):
         assert flag in out
 

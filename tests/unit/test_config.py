@@ -15,7 +15,7 @@ from ddp_kbit.config import (
     sections_of,
 )
 from ddp_kbit.errors import ConfigError
-from ddp_kbit.main import build_parser
+from ddp_kbit.main import command_parser, parse
 from ddp_kbit.wire import topic_name
 
 
@@ -90,10 +90,10 @@ def test_wrong_types_name_the_field(section, value, match):
 def test_flags_override_file_and_help_defaults_come_from_fields(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[train]\nepochs = 3\nlr = 0.01\n[data]\nformat = "json"\n[spark]\nconf = ["a=b"]\n')
-    args = build_parser().parse_args(["--config", str(f), "--epochs", "7", "--spark-conf", "c=d"])
+    args = command_parser("train").parse_args(["--config", str(f), "--epochs", "7", "--spark-conf", "c=d"])
     job = build_group(JobConfig, load_config_file(f, sections_of(JobConfig)), overrides(args))
     assert (job.train.epochs, job.train.lr, job.data.format, job.spark.conf) == (7, 0.01, "json", ("c=d",))
-    helps = {a.option_strings[0]: a.help for a in build_parser()._actions if a.option_strings}
+    helps = {a.option_strings[0]: a.help for a in command_parser("train")._actions if a.option_strings}
     assert helps["--epochs"].endswith(f"(default {JobConfig().train.epochs})")
     assert helps["--batch-size"].endswith(f"(default {JobConfig().train.batch_size})")
 
@@ -113,10 +113,8 @@ def test_synthetic_shape_is_validated(shape):
 @pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--max-bad-fraction", "nan"),
                                         ("--collective-timeout", "-inf"), ("--momentum", "NaN")])
 def test_numbers_that_are_not_numbers_are_refused_at_parse_time(flag, value):
-    from ddp_kbit.main import job_config
-
     with pytest.raises(ConfigError, match=r"must be a finite number; got (nan|inf|-inf)"):
-        job_config(build_parser().parse_args([f"{flag}={value}"]))
+        parse([f"{flag}={value}"])
 
 
 def test_nan_in_a_config_file_is_refused(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ddp_kbit.main import build_parser, job_config
+from ddp_kbit.main import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,12 +18,17 @@ def compose():
 
 def test_compose_services_and_dependencies():
     c = compose()
-    assert {"kafka", "spark-master", "spark-worker-1", "spark-worker-2", "trainer"} <= set(c["services"])
+    assert {"kafka", "spark-master", "spark-worker-1", "spark-worker-2", "publisher", "trainer"} <= set(c["services"])
     kafka = c["services"]["kafka"]["environment"]
     assert "controller" in kafka["KAFKA_PROCESS_ROLES"]          # KRaft, no ZooKeeper
-    assert kafka["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    # inside the network as kafka:9092, from the host as localhost:29092
+    assert kafka["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092,HOST://localhost:29092"
+    assert "29092:29092" in c["services"]["kafka"]["ports"]
     trainer = c["services"]["trainer"]
     assert trainer["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    assert trainer["depends_on"]["publisher"] == {"condition": "service_completed_successfully"}
+    name, _, job = parse(c["services"]["publisher"]["command"])
+    assert name == "publish" and job.kafka.bootstrap_servers == "kafka:9092" and job.publish.split is None
     for name, svc in c["services"].items():
         for dep in svc.get("depends_on", []):
             assert dep in c["services"], f"{name} depends on unknown {dep}"
@@ -34,9 +39,8 @@ def test_compose_services_and_dependencies():
 
 def test_trainer_command_is_accepted_by_our_cli():
     c = compose()
-    args = build_parser().parse_args(c["services"]["trainer"]["command"])
-    job = job_config(args)
-    assert args.mode == "train" and job.spark.distributed and job.kafka.bootstrap_servers == "kafka:9092"
+    name, _, job = parse(c["services"]["trainer"]["command"])
+    assert name == "train" and job.spark.distributed and job.kafka.bootstrap_servers == "kafka:9092"
     assert job.spark.master == "spark://spark-master:7077"
 
 
@@ -65,8 +69,12 @@ def test_readme_shows_the_compose_trainer_command():
 def test_dockerfile_uses_the_pinned_torch_and_console_script():
     text = (ROOT / "Dockerfile").read_text()
     assert "torch==2.13.0" in text and 'ENTRYPOINT ["ddp-kbit"]' in text
-    setup = (ROOT / "setup.py").read_text()
-    assert re.search(r"ddp-kbit=ddp_kbit\.main:cli_entry", setup)
+    # dependencies are installed before the source is copied: a source edit keeps that layer
+    assert text.index("requirements.txt") < text.index("COPY . .")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "runs"} <= set(ignored)
+    project = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'ddp-kbit = "ddp_kbit\.main:cli_entry"', project)
 
 
 def test_readme_opens_with_the_two_commands():
