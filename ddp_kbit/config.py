@@ -130,7 +130,7 @@ class GeneralConfig(Part):
     """Logging, where a run's files go, progress output."""
 
     title: ClassVar[str] = "general ([general])"
-    log_level: LogLevel = setting("INFO", "log verbosity", parse=str.upper)
+    log_level: LogLevel = setting("INFO", "how much the command logs", parse=str.upper)
     run_dir: str | None = setting(None, "where the broker log, reports and checkpoints go (default "
                                         "runs/<timestamp>/)", metavar="DIR")
     report: str | None = setting(None, "JSON report path (default <run dir>/report.json)", metavar="PATH")
@@ -148,10 +148,10 @@ class KafkaConfig(Part):
     bootstrap_servers: str | None = setting(
         None, "Kafka brokers; when omitted an embedded broker (tansu, memory only) is started for the duration of "
               "the command", metavar="HOST:PORT[,...]")
-    client: Client = setting("confluent", "Kafka client library")
+    client: Client = setting("confluent", "the Kafka client library every connection uses")
     security_protocol: SecurityProtocol = setting("PLAINTEXT", "how to talk to the brokers")
     sasl_mechanism: SaslMechanism | None = setting(None, "SASL mechanism for SASL_* protocols")
-    sasl_username: str | None = setting(None, "SASL user name")
+    sasl_username: str | None = setting(None, "the user name of SASL_* protocols")
     sasl_password: str | None = setting(None, "SASL password (prefer the config file or $DDP_KBIT_SASL_PASSWORD)",
                                         secret=True)
     ssl_cafile: str | None = setting(None, "CA bundle to verify the brokers", metavar="PEM")
@@ -193,7 +193,7 @@ class DataConfig(Part):
     max_bad_fraction: float = setting(0.01, "stop when more than this fraction of records is malformed; bad "
                                             "records go to <topic>.dlq either way", metavar="F")
     stall_timeout_s: float = setting(60.0, "no record for this long: a clear error, not a hang", cli=False)
-    poll_records: int = setting(20_000, "records per poll", cli=False)
+    poll_records: int = setting(20_000, "records asked for in one poll of the client", cli=False)
     buffer_records: int = setting(50_000, "per-partition read-ahead before the partition is paused", cli=False)
     shuffle: ShuffleKind = setting(
         "window", "window: each epoch, chunks of every partition are dealt to the ranks in a seeded order and a "
@@ -297,10 +297,10 @@ class TrainConfig(Part):
     batch_size: int = setting(128, "records per step per process")
     eval_batch_size: int = setting(1000, "records per evaluation step per process")
     lr: float = setting(5e-3, "learning rate (the peak of the one-cycle schedule)")
-    optimizer: Optimizer = setting("adam", "optimizer")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(0.0, "L2 weight decay")
-    lr_schedule: Schedule = setting("onecycle", "learning-rate schedule over all steps")
+    optimizer: Optimizer = setting("adam", "the optimizer of every rank")
+    momentum: float = setting(0.9, "momentum of the sgd optimizer")
+    weight_decay: float = setting(0.0, "L2 weight decay of the optimizer")
+    lr_schedule: Schedule = setting("onecycle", "how the learning rate changes over all the steps")
     amp: bool = setting(False, "mixed precision (CUDA only)")
     grad_accum: int = setting(1, "batches per optimizer step", metavar="N")
     seed: int = setting(0, "model init, shuffle and augmentation seed")
@@ -346,7 +346,7 @@ class FollowConfig(Part):
     window_seconds: float = setting(60.0, "...or S seconds after it opened, with at least one record", metavar="S")
     until_idle_s: float | None = setting(None, "stop after S seconds without new records (what arrived since the "
                                                "last window is trained first)", flag="--until-idle", metavar="S")
-    max_windows: int | None = setting(None, "stop after N windows", metavar="N")
+    max_windows: int | None = setting(None, "stop after N windows (a bounded live run)", metavar="N")
     replay_fraction: float = setting(0.0, "mix F x the window's size of older records into each window (rehearsal "
                                           "against forgetting; counted apart from new records)", metavar="F")
     prequential: bool = setting(True, "do not score each batch before its step (prequential, test-then-train "
@@ -394,7 +394,7 @@ class CheckpointConfig(Part):
                          metavar="N")
     resume: bool = setting(False, "resume from the newest checkpoint in --checkpoint-dir")
     max_restarts: int = setting(0, "re-run from the newest checkpoint after a failure", metavar="N")
-    keep: int = setting(3, "newest checkpoints kept", cli=False)
+    keep: int = setting(3, "how many of the newest checkpoints stay", cli=False)
 
     def check(self):
         positive("checkpoint every", self.every, allow_zero=True)
@@ -406,7 +406,7 @@ class CheckpointConfig(Part):
 class SparkConfig(Part):
     title: ClassVar[str] = "spark ([spark])"
     master: str | None = setting(None, "Spark master URL (default from spark_conf/spark-defaults.conf: local[N])")
-    num_processes: int = setting(2, "DDP processes", metavar="N")
+    num_processes: int = setting(2, "DDP processes (ranks) of the run", metavar="N")
     distributed: bool = setting(False, "run the processes as Spark barrier tasks on executors (default: local_mode "
                                        "on the driver)")
     gpu: bool = setting(False, "one GPU per process (NCCL), pinned memory; loads spark_conf/gpu.conf (GPU "
@@ -445,21 +445,21 @@ class PublishConfig(Part):
     """What ``ddp-kbit publish`` writes: a dataset split to a topic, then its manifest."""
 
     title: ClassVar[str] = "publishing a dataset ([publish])"
-    dataset: Dataset = setting("fashion-mnist", "the dataset to publish")
+    dataset: Dataset = setting("fashion-mnist", "the dataset that is published")
     data_dir: str | None = setting(None, "folder (or file) holding the dataset; fashion-mnist defaults to "
                                          "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)",
                                    metavar="PATH")
     split: Split | None = setting(None, "which split (default: both, each only when its topic has no manifest "
                                         "yet; python -m producers.publish: train)")
-    format: Format = setting(DEFAULT_FORMAT, "wire format")
+    format: Format = setting(DEFAULT_FORMAT, "the wire format of the records")
     layout: Layout = setting("bytes", "pixels as raw bytes or a list of ints")
     topic: str | None = setting(None, "topic name (default {dataset}.{split}.{format}[.list])")
-    partitions: int = setting(4, "partitions of a new topic", metavar="N")
-    compression: Compression = setting("none", "producer compression")
+    partitions: int = setting(4, "the partition count of a new topic", metavar="N")
+    compression: Compression = setting("none", "compression of the producer's record batches")
     limit: int | None = setting(None, "publish only the first N samples", metavar="N")
     force: bool = setting(False, "append to a topic that already holds records; the new manifest covers only the "
                                  "new records")
-    manifest_topic: str = setting(MANIFEST_TOPIC, "the topic of manifests", cli=False)
+    manifest_topic: str = setting(MANIFEST_TOPIC, "the topic manifests are written to", cli=False)
     rate: float | None = setting(None, "a live producer: append at R records/s (keys continue the index); a "
                                        "manifest after each completed pass covers every record acknowledged so far",
                                  metavar="R")
@@ -493,7 +493,7 @@ class SyntheticConfig(Part):
                                      parse=comma_ints)
     num_classes: int = setting(10, "synthetic dataset: classes", metavar="K")
     num_samples: int = setting(1000, "synthetic dataset: samples", metavar="N")
-    seed: int = setting(0, "synthetic dataset: seed")
+    seed: int = setting(0, "synthetic dataset: the seed of its samples")
     dtype: Dtype = setting("uint8", "synthetic dataset: sample type", cli=False)
 
     def check(self):
@@ -519,7 +519,7 @@ class ExperimentConfig(Part):
     layouts: tuple[Layout, ...] = setting(("bytes",), "pixel layouts (bytes, list)", metavar="L[,L...]")
     compressions: tuple[Compression, ...] = setting(("none",), f"producer compressions ({', '.join(COMPRESSIONS)})",
                                                     metavar="C[,C...]")
-    clients: tuple[Client, ...] = setting(("confluent",), f"Kafka clients ({', '.join(CLIENTS)})",
+    clients: tuple[Client, ...] = setting(("confluent",), f"the Kafka client libraries compared ({', '.join(CLIENTS)})",
                                           metavar="C[,C...]")
     workloads: tuple[Workload, ...] = setting(("publish", "ingest"), "publish (the publisher, in the driver), "
                                                                      "ingest (the stream into batches, in the ranks), "

@@ -48,12 +48,18 @@ class Command:
     sections: tuple
 
 
+# the training recipe of the study's train workload (its epochs are --study-epochs)
+RECIPE = ("model", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
+          "amp", "grad_accum", "seed", "label_smoothing", "augment", "transforms")
+# the study's Spark settings (its process counts are --study-processes)
+STUDY_SPARK = ("master", "distributed", "gpu", "rapids", "conf", "conf_dir", "collective_timeout_s",
+               "launch_timeout_s", "ship_package", "secret_file")
 COMMANDS = {
     "train": Command("stream, train, evaluate and report (the default command)", JobConfig,
                      ("general", "kafka", "data", "source", "train", "follow", "checkpoint", "metrics", "spark")),
     "experiment": Command("a study of what each wire format (layout, compression, client, shuffle, process count) "
                           "costs, with statistics and plots", JobConfig,
-                          ("general", "kafka", "experiment", "data", "train", "spark")),
+                          ("general", "kafka", "experiment", "data", ("train", RECIPE), ("spark", STUDY_SPARK))),
     "publish": Command("publish a dataset split to a topic, then its manifest (without --split: both splits, each "
                        "when its topic has no manifest yet)", PublishJob, ("general", "kafka", "publish", "synthetic")),
     "describe": Command("read a topic we did not write (--topic and the [source] flags), infer its sample type and "
@@ -80,6 +86,10 @@ def command_parser(name: str, prog: str = "ddp-kbit") -> cli.Parser:
     cli.add_config_file(p, sections)
     only = {s[0]: set(s[1]) for s in cmd.sections if not isinstance(s, str)}
     cli.add_sections(p, cmd.config, sections, only)
+    if name == "experiment":
+        from ddp_kbit.experiment import presets
+
+        p.epilog = f"presets (experiments/<name>.toml): {', '.join(presets.available()) or 'none found'}"
     return p
 
 

@@ -68,9 +68,9 @@ class Slice:
 class Shuffle:
     """How an epoch's offsets are mixed (see the module docstring)."""
 
-    kind: str = "window"
-    chunk: int = 4096     # offsets per chunk: one seek and one contiguous read each
-    window: int = 32768   # records per window: read and decoded whole, permuted, served as batches
+    kind: str = "window"  # DataConfig's shuffle, shuffle_chunk and shuffle_window say what these mean
+    chunk: int = 4096
+    window: int = 32768
 
     def __post_init__(self):
         if self.kind not in SHUFFLES:

@@ -76,10 +76,13 @@ def test_unknown_preset_is_one_line_naming_the_available():
 def test_the_study_has_its_own_process_counts_and_epochs():
     from ddp_kbit.main import parse
 
-    _, _, job = parse(["--mode", "experiment", "--study-processes", "1,2", "--study-epochs", "3", "--num-processes",
-                       "4", "--epochs", "7"])
+    _, _, job = parse(["--mode", "experiment", "--study-processes", "1,2", "--study-epochs", "3"])
     assert job.experiment.num_processes == (1, 2) and job.experiment.epochs == 3
-    assert job.spark.num_processes == 4 and job.train.epochs == 7        # training flags keep their meaning
+    for flag in ("--num-processes", "--epochs"):   # training's flags: not the study's
+        r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "experiment", flag, "2"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and f"{flag} is not a flag of this command; it belongs to `ddp-kbit train`" \
+            in r.stderr
     r = subprocess.run([sys.executable, "-m", "ddp_kbit.main", "--num-processes", "1,2"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "invalid int value: '1,2'" in r.stderr

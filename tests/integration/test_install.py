@@ -46,8 +46,14 @@ def test_presets_listing_and_a_gpu_config_load_from_the_wheel(installed):
     r = subprocess.run([py, "-m", "ddp_kbit.main", "--mode", "experiment", "--preset", "nope"], capture_output=True,
                        text=True, cwd=cwd, timeout=60)
     assert r.returncode == 2 and "available: clients, compression, foreign, formats, layouts, scaling, shuffle, train" in r.stderr
-    out = subprocess.run([py, "-m", "ddp_kbit.main", "--help"], capture_output=True, text=True, cwd=cwd).stdout
-    assert "formats" in out and "compression" in out
+    from ddp_kbit.main import COMMANDS
+
+    for command in COMMANDS:   # every command's help, from the installed copy
+        r = subprocess.run([py, "-m", "ddp_kbit.main", command, "--help"], capture_output=True, text=True, cwd=cwd)
+        assert r.returncode == 0 and r.stdout.startswith(f"usage: ddp-kbit {command} [flags]"), r.stderr[-2000:]
+    out = subprocess.run([py, "-m", "ddp_kbit.main", "--mode", "experiment", "--help"], capture_output=True,
+                         text=True, cwd=cwd).stdout
+    assert "presets (experiments/<name>.toml): clients, compression, foreign, formats" in " ".join(out.split())
     code = ("import json, os; from ddp_kbit.config import SparkConfig; from ddp_kbit.launch.spark import session_conf; "
             "c = session_conf(SparkConfig(gpu=True)); s = c['spark.executor.resource.gpu.discoveryScript']; "
             "print(json.dumps({'script': s, 'exec': os.access(s, os.X_OK), 'master': c['spark.master'], "
