@@ -25,7 +25,7 @@ from ddp_kbit.config import (
     flag_keys,
     sections_of,
 )
-from ddp_kbit.data.dataset import KafkaDataset
+from ddp_kbit.data.kafka_dataset import KafkaDataset
 from ddp_kbit.errors import ConfigError
 from ddp_kbit.files import make_run_dir, write_json
 from ddp_kbit.kafka.broker import reachable
@@ -90,7 +90,7 @@ def publish_job(job: PublishJob) -> dict:
     """``ddp-kbit publish``: one split to its topic (strict: a topic that holds records
     needs ``force``), a live producer with ``rate``, or without ``split`` both splits,
     each only when its topic has no manifest yet (the demo topics)."""
-    from ddp_kbit.data.datasets import load_dataset
+    from ddp_kbit.data.local_datasets import load_dataset
     from ddp_kbit.data.publish import ensure_published, publish_live
     from ddp_kbit.data.publish import publish as publish_dataset
 
@@ -142,7 +142,7 @@ def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
             report = {"mode": "inspect", "findings": inspect_topic(kcfg, job.inspect.topic, run_dir,
                                                                    job.inspect.limit, job.source)}
         elif mode == "evaluate":
-            from ddp_kbit.launch.evaluate import run_evaluate
+            from ddp_kbit.train.evaluate import run_evaluate
 
             report = run_evaluate(job, kcfg, run_dir, job.evaluate.model_path, job.evaluate.predictions_topic,
                                   job.inspect.limit)
@@ -169,7 +169,7 @@ def check_mode(mode: str, job: JobConfig) -> None:
 
 
 def describe(job: JobConfig, kcfg: KafkaConfig) -> dict:
-    from ddp_kbit.data.source import describe as describe_topic
+    from ddp_kbit.data.describe import describe as describe_topic
 
     _, findings = describe_topic(kcfg, job.inspect.topic, job.source, scan=job.inspect.scan,
                                  limit=job.inspect.limit or 1000)
@@ -182,7 +182,7 @@ def publish(dataset: str = "fashion-mnist", *, bootstrap_servers: str | None = N
     (``producers.publish`` from Python). ``fields``: :class:`PublishConfig`'s
     (``split``, ``format``, ``layout``, ``topic``, ``partitions``, ``compression``,
     ``limit``, ``force``, ``data_dir``). Returns the publish summary."""
-    from ddp_kbit.data.datasets import load_dataset
+    from ddp_kbit.data.local_datasets import load_dataset
     from ddp_kbit.data.publish import publish as publish_dataset
 
     fields.setdefault("split", "train")

@@ -40,12 +40,12 @@ Model = Literal["cnn3", "cnn", "mlp"]      # ddp_kbit.train.models builds these
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["none", "cosine", "onecycle", "step"]
 Dataset = Literal["fashion-mnist", "mnist", "gtsrb", "npz", "synthetic"]
-ShuffleKind = Literal["window", "none"]     # ddp_kbit.data.partitions plans these
+ShuffleKind = Literal["window", "none"]     # ddp_kbit.data.plan plans these
 Framing = Literal["none", "confluent"]
 Dtype = Literal["uint8", "float32"]
 Split = Literal["train", "test"]
 Workload = Literal["publish", "ingest", "train"]
-# topics we did not write, as study formats (ddp_kbit.experiment.foreign publishes them)
+# topics we did not write, as study formats (ddp_kbit.experiment.shapes publishes them)
 ForeignShape = Literal["json-image", "bson-mongo", "avro-user", "avro-confluent", "protobuf-user"]
 StudyFormat = Literal[FORMATS + typing.get_args(ForeignShape)]
 

@@ -15,8 +15,8 @@ import time
 from ddp_kbit import KafkaDataset
 from ddp_kbit.config import DataConfig, KafkaConfig, PublishConfig
 from ddp_kbit.data import manifest
-from ddp_kbit.data.datasets import load_dataset
-from ddp_kbit.data.partitions import Shuffle, plan_epoch, ranges_to_slices
+from ddp_kbit.data.local_datasets import load_dataset
+from ddp_kbit.data.plan import Shuffle, plan_epoch, ranges_to_slices
 from ddp_kbit.data.publish import publish
 from ddp_kbit.experiment.measure import raw_drain, stream_drain
 

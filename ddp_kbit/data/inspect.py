@@ -14,7 +14,7 @@ import torch
 
 from ddp_kbit.config import KafkaConfig, SourceConfig
 from ddp_kbit.data import manifest as manifests
-from ddp_kbit.data.source import codec_for, describe, sample_records
+from ddp_kbit.data.describe import codec_for, describe, sample_records
 from ddp_kbit.plots import plot_image_grid
 
 

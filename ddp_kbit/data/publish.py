@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from ddp_kbit import kafka
 from ddp_kbit.config import KafkaConfig, PublishConfig, SyntheticConfig
 from ddp_kbit.data import manifest
-from ddp_kbit.data.datasets import Dataset, load_dataset
+from ddp_kbit.data.local_datasets import Dataset, load_dataset
 from ddp_kbit.errors import UserError
 from ddp_kbit.progress import Progress
 from ddp_kbit.wire import Codec, get_codec

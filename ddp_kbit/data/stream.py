@@ -29,9 +29,9 @@ from torch.utils.data import IterableDataset
 from ddp_kbit import kafka
 from ddp_kbit.config import DataConfig, KafkaConfig, SourceConfig
 from ddp_kbit.data.dead_letters import BadRecords, DeadLetters
+from ddp_kbit.data.describe import codec_for
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import ConsumedRange, RankPlan, Slice, Window, merge_consumed
-from ddp_kbit.data.source import codec_for
+from ddp_kbit.data.plan import ConsumedRange, RankPlan, ReadWindow, Slice, merge_consumed
 from ddp_kbit.errors import StreamError
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class _Reader:
         self.paused = set(span)
         self.later = _by_partition(plan.slices)
 
-    def want(self, window: Window) -> None:
+    def want(self, window: ReadWindow) -> None:
         """Queue the window's reads: per partition, what the stash does not hold of
         its pieces, in offset order, as runs."""
         for tp, pieces in _by_partition(window.pieces).items():
@@ -419,7 +419,7 @@ class KafkaStreamDataset(IterableDataset):
         finally:
             self._dead_letters.close()
 
-    def _collect(self, window: Window, reader: _Reader):
+    def _collect(self, window: ReadWindow, reader: _Reader):
         """The window's records in read order, and each one's planned position."""
         vals, offs, recs, planned_at = [], [], [], []
         base, at = {}, 0
@@ -436,7 +436,7 @@ class KafkaStreamDataset(IterableDataset):
             planned_at.append(base[piece] - piece.start + np.asarray(offs[n0:], dtype=np.int64))
         return vals, offs, recs, np.concatenate(planned_at) if planned_at else np.zeros(0, np.int64)
 
-    def _batches(self, window: Window, step: int, codec, reader, vals, offs, recs, planned_at) -> list[StreamBatch]:
+    def _batches(self, window: ReadWindow, step: int, codec, reader, vals, offs, recs, planned_at) -> list[StreamBatch]:
         """Decode the window in one call (the vectorised decoder's fixed cost is per
         call), put the good rows in planned order, and cut them into its batches."""
         decoded = codec.decode_batch(vals, self.topic.shape, self.topic.dtype, self.num_classes)
@@ -479,7 +479,7 @@ class KafkaStreamDataset(IterableDataset):
         return out
 
     @staticmethod
-    def _absent(window: Window, planned_at: np.ndarray, bounds: np.ndarray, order: np.ndarray) -> list[tuple]:
+    def _absent(window: ReadWindow, planned_at: np.ndarray, bounds: np.ndarray, order: np.ndarray) -> list[tuple]:
         """Per batch: planned offsets no record came for (compaction, transaction markers)."""
         if len(planned_at) == len(window):
             return [()] * len(window.sizes)

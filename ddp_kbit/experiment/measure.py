@@ -12,12 +12,12 @@ import torch
 
 from ddp_kbit import kafka
 from ddp_kbit.config import FOREIGN_SHAPES, CheckpointConfig, DataConfig, KafkaConfig, TrainConfig
-from ddp_kbit.data.datasets import Dataset
+from ddp_kbit.data.local_datasets import Dataset
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import Shuffle, plan_epoch, ranges_to_slices
+from ddp_kbit.data.plan import Shuffle, plan_epoch, ranges_to_slices
 from ddp_kbit.data.publish import produce_all
 from ddp_kbit.data.stream import KafkaStreamDataset
-from ddp_kbit.experiment import foreign
+from ddp_kbit.experiment import shapes
 from ddp_kbit.experiment.grid import MEMORY, RAW, Condition
 from ddp_kbit.kafka.broker import EmbeddedBroker
 from ddp_kbit.train.loop import MemoryBatches, RankTrainer, RunSpec
@@ -37,7 +37,7 @@ def codec_for(cond: Condition):
     if cond.format == RAW:
         return RawBytes()
     if cond.format in FOREIGN_SHAPES:
-        return foreign.encoder(cond.format)
+        return shapes.encoder(cond.format)
     return get_codec(cond.format, cond.layout)
 
 

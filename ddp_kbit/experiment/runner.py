@@ -21,10 +21,10 @@ import pandas as pd
 from ddp_kbit import kafka, logs
 from ddp_kbit.config import FOREIGN_SHAPES, ExperimentConfig, JobConfig, KafkaConfig, PublishConfig
 from ddp_kbit.data import manifest
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.data.publish import produce_all, publish
 from ddp_kbit.errors import first_line
-from ddp_kbit.experiment import foreign, grid, measure, report, results, stats
+from ddp_kbit.experiment import grid, measure, report, results, shapes, stats
 from ddp_kbit.experiment.grid import RANK_SIDE, RAW, Condition
 from ddp_kbit.files import write_json
 from ddp_kbit.launch import spark
@@ -128,9 +128,9 @@ def ensure_foreign_topic(kcfg: KafkaConfig, name: str, shape: str, ds, split: st
         admin.create_topic(name, partitions)
     classes = tuple(ds.class_names) if ds.class_names else ()
     with kafka.make_producer(kcfg, comp) as producer:
-        produce_all(producer, foreign.encoder(shape, classes), ds, name, partitions, progress=False)
+        produce_all(producer, shapes.encoder(shape, classes), ds, name, partitions, progress=False)
         bounds = producer.report.ranges_of(name)
-    source = foreign.source_of(shape, ds.shape, str(ds.images.dtype), ds.num_classes, classes)
+    source = shapes.source_of(shape, ds.shape, str(ds.images.dtype), ds.num_classes, classes)
     m = manifest.Manifest(topic=name, dataset=ds.name, split=split, format=FOREIGN, layout="foreign",
                           num_samples=len(ds), shape=ds.shape, dtype=str(ds.images.dtype), num_classes=ds.num_classes,
                           class_names=ds.class_names, partitions=dict(sorted(bounds.items())), compression=comp,

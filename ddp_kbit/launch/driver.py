@@ -11,14 +11,14 @@ from ddp_kbit import kafka
 from ddp_kbit.config import DataConfig, FollowConfig, JobConfig, KafkaConfig, PublishConfig, SourceConfig, as_dict
 from ddp_kbit.data import manifest
 from ddp_kbit.data.dead_letters import dlq_topic, read_dead_letters
+from ddp_kbit.data.describe import describe
 from ddp_kbit.data.publish import ensure_published
-from ddp_kbit.data.source import describe
 from ddp_kbit.errors import UserError
 from ddp_kbit.files import DirectoryLock
 from ddp_kbit.launch import spark
 from ddp_kbit.launch.metrics import DriverMetrics
 from ddp_kbit.launch.spark_errors import exception_line, known_failure
-from ddp_kbit.train import checkpoint, models, rankfiles, usercode
+from ddp_kbit.train import checkpoint, models, rundir, usercode
 from ddp_kbit.train.loop import RunSpec, train_fn
 from ddp_kbit.train.stopping import stop_file
 from ddp_kbit.train.transforms import Transforms
@@ -158,7 +158,7 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
     while True:
         if metrics is not None:
             metrics.world.set(scfg.num_processes)
-        rankfiles.clear(spec.run_dir)
+        rundir.clear(spec.run_dir)
         stop_file(spec.checkpoint.dir).unlink(missing_ok=True)
         # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
         spec = replace(spec, dead_lettered=read_dead_letters(spec.kafka, [spec.train_topic.topic,
@@ -173,13 +173,13 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
         except Exception as exc:
             # the launcher's whole error (Spark and torchrun output) for whoever wants more than one line
             (Path(spec.run_dir) / f"launch-error.attempt{restarts}.txt").write_text(str(exc))
-            reason = describe_failure(str(exc), rankfiles.failures(spec.run_dir), rankfiles.started_ranks(spec.run_dir),
-                                      rankfiles.stalled(spec.run_dir))
+            reason = describe_failure(str(exc), rundir.failures(spec.run_dir), rundir.started_ranks(spec.run_dir),
+                                      rundir.stalled(spec.run_dir))
             if "No module named 'ddp_kbit'" in reason:
                 reason += " (the executors' Python lacks the package: pass --ship-package)"
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": reason})
             if restarts >= job.checkpoint.max_restarts or stop_file(spec.checkpoint.dir).exists() \
-                    or rankfiles.final(spec.run_dir):
+                    or rundir.final(spec.run_dir):
                 raise UserError(f"training failed after {restarts} restart(s): {reason} (the ranks' whole output: "
                                 f"{ranks_log(spec.run_dir)})") from None
             found = checkpoint.latest_readable(spec.checkpoint.dir)

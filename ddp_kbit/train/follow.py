@@ -3,7 +3,7 @@
 Rank 0 watches the high watermarks (a fetch's, right on tansu too) and, once a
 second, tells every rank through one collective to wait, to train a window, or to
 stop, so no rank sits in a collective longer than that while the topic is quiet.
-A window (:mod:`ddp_kbit.data.windows`) is planned like an epoch: exact, equal steps,
+A window (:mod:`ddp_kbit.data.live_windows`) is planned like an epoch: exact, equal steps,
 shuffled; each of its new records is trained once, rehearsal records are counted
 apart. After each window: a checkpoint holding the offsets trained so far (and, mid
 window, every ``--checkpoint-every`` steps, the open window itself, so a restart
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from ddp_kbit import kafka
-from ddp_kbit.data.partitions import ConsumedRange, Slice
-from ddp_kbit.data.windows import CLOSE, STOP, WindowSpec, decide, new_offsets, replay_sample
+from ddp_kbit.data.live_windows import CLOSE, STOP, LiveWindow, decide, new_offsets, replay_sample
+from ddp_kbit.data.plan import ConsumedRange, Slice
 from ddp_kbit.files import write_json
 from ddp_kbit.train import dist
 from ddp_kbit.train.modelcard import card_path, digest
@@ -54,7 +54,7 @@ class Follower:
         f = self.rt.run.follow
         try:
             while not self.rt.stop.agreed:
-                w = WindowSpec.from_dict(f["open"]) if f["open"] else self.next_window()
+                w = LiveWindow.from_dict(f["open"]) if f["open"] else self.next_window()
                 if w is None:
                     break
                 f["open"] = w.to_dict()
@@ -66,7 +66,7 @@ class Follower:
                 self._watcher.close()
         return self.result()
 
-    def next_window(self) -> WindowSpec | None:
+    def next_window(self) -> LiveWindow | None:
         """Every rank waits here together: rank 0 decides once a second."""
         opened = time.monotonic()
         while True:
@@ -77,7 +77,7 @@ class Follower:
                     self.rt.stop.agreed = decision["by"]
                 return None
             if decision["do"] == "window":
-                return WindowSpec.from_dict(decision["window"])
+                return LiveWindow.from_dict(decision["window"])
             time.sleep(1.0)
 
     def _poll(self, opened: float) -> dict:
@@ -105,7 +105,7 @@ class Follower:
         last = (cfg.max_windows is not None and index + 1 >= cfg.max_windows) or \
             (cfg.until_idle_s is not None and now - self.last_new_at >= cfg.until_idle_s)
         f["seen_new"] = 0
-        return {"do": "window", "window": WindowSpec(index, self.topic.topic, tuple(fresh), tuple(replay), high,
+        return {"do": "window", "window": LiveWindow(index, self.topic.topic, tuple(fresh), tuple(replay), high,
                                                      time.time(), last).to_dict()}
 
     def highs(self) -> dict[int, int]:
@@ -116,7 +116,7 @@ class Follower:
         return {p: hi for (_, p), (_, hi) in kafka.end_offsets(self._watcher, tps).items()}
 
     # ------------------------------------------------------------ one window
-    def train_window(self, w: WindowSpec) -> None:
+    def train_window(self, w: LiveWindow) -> None:
         rt, start = self.rt, dataclasses.replace(self.rt.run)
         ds = rt._kafka(self.topic, rt.cfg.batch_size, self.spec.data, slices=[*w.new, *w.replay])
         ds.replay_before = {s.partition: s.start for s in w.new}
@@ -152,7 +152,7 @@ class Follower:
             self.publish(w, rt.run.history[-1] if complete else None)
         rt.checkpoint(trainer)
 
-    def window_record(self, w: WindowSpec, stats: EpochStats, start, ev: dict, preq: float, t_open: float) -> dict:
+    def window_record(self, w: LiveWindow, stats: EpochStats, start, ev: dict, preq: float, t_open: float) -> dict:
         """The report's entry for one finished window; new and replayed ranges apart."""
         rt = self.rt
         boundary = {s.partition: s.start for s in w.new}
@@ -172,7 +172,7 @@ class Follower:
                 "consumed": [c.to_dict() for c in sorted(new, key=lambda c: (c.partition, c.start))],
                 "replayed": [c.to_dict() for c in sorted(replayed, key=lambda c: (c.partition, c.start))]}
 
-    def lag(self, w: WindowSpec) -> dict:
+    def lag(self, w: LiveWindow) -> dict:
         """Records behind the high watermark when the window closed and when it was
         trained, per partition, and how old the newest trained record is."""
         high = self.highs()
@@ -191,7 +191,7 @@ class Follower:
                 "seconds_behind": round(time.time() - newest, 3) if newest else None}
 
     # ------------------------------------------------------------ snapshots
-    def publish(self, w: WindowSpec, record: dict | None) -> None:
+    def publish(self, w: LiveWindow, record: dict | None) -> None:
         """``model-<window>.pt`` and ``latest.json`` (atomic), and a record on
         ``--model-topic``; skipped when worse than the last one by more than the
         tolerance. Every rank decides alike (the metrics are the world's); rank 0 writes."""

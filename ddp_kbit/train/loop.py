@@ -34,13 +34,13 @@ from ddp_kbit.config import (
     SourceConfig,
     TrainConfig,
 )
-from ddp_kbit.data.dataset import KafkaDataset
+from ddp_kbit.data.kafka_dataset import KafkaDataset
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import Shuffle, Slice, plan_epoch, ranges_to_slices, subtract
+from ddp_kbit.data.plan import Shuffle, Slice, plan_epoch, ranges_to_slices, subtract
 from ddp_kbit.data.stream import StreamBatch, to_device
 from ddp_kbit.errors import UserError
 from ddp_kbit.files import write_json
-from ddp_kbit.train import checkpoint, dist, rankfiles
+from ddp_kbit.train import checkpoint, dist, rundir
 from ddp_kbit.train.checkpoint import DiskFullError
 from ddp_kbit.train.handlers import (
     HandlerContext,
@@ -212,20 +212,20 @@ def make_evaluator(model, device, transforms: Transforms | None = None) -> Engin
 
 # ------------------------------------------------------------------ the rank's main
 def train_fn(spec: RunSpec) -> dict:
-    """Entry point of each rank; it leaves the files of :mod:`rankfiles` in the run directory."""
+    """Entry point of each rank; it leaves the files of :mod:`rundir` in the run directory."""
     rank = int(os.environ.get("RANK", 0))
-    rankfiles.started(spec.run_dir, rank)
+    rundir.started(spec.run_dir, rank)
     stop = StopRequest(spec.checkpoint.dir).install()
     try:
         result = _train(spec, stop)
     except BaseException as exc:
-        rankfiles.note_stalled_peers(spec.run_dir, rank, spec.collective_timeout_s)
-        rankfiles.failed(spec.run_dir, rank, f"rank {rank}: {type(exc).__name__}: {exc}",   # (traceback: ranks.log)
+        rundir.note_stalled_peers(spec.run_dir, rank, spec.collective_timeout_s)
+        rundir.failed(spec.run_dir, rank, f"rank {rank}: {type(exc).__name__}: {exc}",   # (traceback: ranks.log)
                          final=isinstance(exc, DiskFullError))
         raise
     finally:
         dist.teardown()
-    rankfiles.finished(spec.run_dir, rank)
+    rundir.finished(spec.run_dir, rank)
     return result
 
 
@@ -390,9 +390,9 @@ class RankTrainer:
         record = epoch_record(epoch, stats, self.world, self.run.consumed, self.final_eval)
         if self.rank == 0:
             log.info("epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f  %.0f samples/s  data wait %.1f%%",
-                     epoch + 1, record["train_loss"], record["val_loss"], record["val_accuracy"],
-                     record["samples_per_s"], 100 * record["data_wait_fraction"])
-        self.run.history = self.run.history + [record]
+                     epoch + 1, record.train_loss, record.val_loss, record.val_accuracy, record.samples_per_s,
+                     100 * record.data_wait_fraction)
+        self.run.history = self.run.history + [record.to_dict()]   # plain data: it goes into checkpoints
         self.run.epoch, self.run.consumed, self.run.partial = epoch + 1, [], EpochStats()
         self.checkpoint(trainer)
 
@@ -415,7 +415,7 @@ class RankTrainer:
             attach_every_steps(trainer, spec.checkpoint.every, save_mid_pass)
         if spec.progress and self.rank == 0:
             attach_progress(trainer, desc)
-        attach_heartbeat(trainer, lambda: rankfiles.beat(spec.run_dir, self.rank))
+        attach_heartbeat(trainer, lambda: rundir.beat(spec.run_dir, self.rank))
         self.stop.attach(trainer, self.device)
         if self.metrics is not None:
             self.metrics.attach(trainer, ds, spec.train_topic.topic, key, spec.follow is not None)

@@ -10,8 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ddp_kbit.data.dead_letters import BadRecords
-from ddp_kbit.data.partitions import ConsumedRange, merge_slices
+from ddp_kbit.data.plan import ConsumedRange, merge_slices
 from ddp_kbit.errors import CheckpointError
+from ddp_kbit.reports import EpochRecord
 
 CHECKPOINT_VERSION = 2   # 2: consumed ranges as one tensor
 
@@ -48,15 +49,13 @@ class EpochStats:
         return cls(**d)
 
 
-def epoch_record(epoch: int, stats: EpochStats, world: int, consumed: list[ConsumedRange], ev: dict) -> dict:
+def epoch_record(epoch: int, stats: EpochStats, world: int, consumed: list[ConsumedRange], ev: dict) -> EpochRecord:
     """The report's entry for one finished epoch."""
     wall = stats.seconds / world  # ranks run side by side: seconds summed over ranks / ranks = wall time
-    return {"epoch": epoch + 1, "train_loss": stats.loss_sum / max(stats.samples, 1), "val_loss": ev["val_loss"],
-            "val_accuracy": ev["val_accuracy"], "samples": int(stats.samples), "seconds": wall,
-            "samples_per_s": stats.samples / max(wall, 1e-9),
-            "data_wait_fraction": stats.wait_s / max(stats.seconds, 1e-9),
-            "bad_records": stats.bad, **absent_counts(stats.absent),
-            "consumed": [c.to_dict() for c in sorted(consumed, key=lambda c: (c.topic, c.partition, c.start))]}
+    return EpochRecord(epoch + 1, stats.loss_sum / max(stats.samples, 1), ev["val_loss"], ev["val_accuracy"],
+                       int(stats.samples), wall, stats.samples / max(wall, 1e-9),
+                       stats.wait_s / max(stats.seconds, 1e-9), stats.bad, **absent_counts(stats.absent),
+                       consumed=[c.to_dict() for c in sorted(consumed, key=lambda c: (c.topic, c.partition, c.start))])
 
 
 def absent_counts(n: int) -> dict:

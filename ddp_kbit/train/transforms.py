@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddp_kbit.data.partitions import derive_seed
+from ddp_kbit.data.plan import derive_seed
 from ddp_kbit.errors import ConfigError, UserError, first_line
 from ddp_kbit.train.models import spec_name
 from ddp_kbit.train.usercode import CodeRef, load

@@ -1,4 +1,4 @@
-"""Values of topics we did not write: a :class:`Source` says how to find the image
+"""Values of topics we did not write: a :class:`TopicDescription` says how to find the image
 and the label in them (format, schema, field paths, sample type, classes, framing),
 and :class:`ForeignCodec` turns a batch of such values into a :class:`Batch`, as
 the v1 codecs do, so everything downstream (plans, DLQ, resume) is the same.
@@ -32,7 +32,7 @@ FOREIGN = "foreign"   # the manifest's format of a described topic
 
 
 @dataclass(frozen=True)
-class Source:
+class TopicDescription:
     """A topic's description as it travels with manifests and run specs (the schema's
     text included, so ranks need no file; registry credentials never included)."""
 
@@ -52,7 +52,7 @@ class Source:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> Source:
+    def from_dict(cls, d: dict) -> TopicDescription:
         d = dict(d)
         d["shape"], d["classes"] = tuple(d.get("shape") or ()), tuple(d.get("classes") or ())
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -65,7 +65,7 @@ class ForeignCodec:
     format = FOREIGN
     layout = "foreign"
 
-    def __init__(self, source: Source, lookup: Lookup | None = None):
+    def __init__(self, source: TopicDescription, lookup: Lookup | None = None):
         self.source, self.lookup = source, lookup
         self.fmt = source.value_format
         self._writers: dict = {}

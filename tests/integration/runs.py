@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ddp_kbit import kafka
 from ddp_kbit.data import manifest
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.wire import get_codec
 
 import chaos

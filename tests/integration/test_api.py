@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ddp_kbit.config import PublishConfig
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.data.publish import publish
 
 from runs import torchrun

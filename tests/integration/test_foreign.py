@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 
 import ddp_kbit
 from ddp_kbit import api, kafka
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.data.manifest import resolve
 
 from protoc_user import compile_proto

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.data.publish import publish
 
 from runs import fit, write_topic

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from ddp_kbit import kafka
 from ddp_kbit.config import KafkaConfig, PublishConfig
 from ddp_kbit.data import manifest
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.data.publish import produce_all, publish
 from ddp_kbit.errors import ClientError, UserError
 from ddp_kbit.schemas import load_avro_schema, sample_pb2

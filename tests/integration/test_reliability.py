@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 
 from ddp_kbit import kafka
 from ddp_kbit.data import manifest
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.errors import UserError
 from ddp_kbit.wire import Sample, get_codec
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ddp_kbit.config import PublishConfig
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.data.publish import publish
 from ddp_kbit.errors import UserError
 

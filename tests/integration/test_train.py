@@ -12,7 +12,7 @@ import torch
 
 from ddp_kbit import kafka
 from ddp_kbit.config import PublishConfig
-from ddp_kbit.data.datasets import load_dataset
+from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.data.publish import publish
 from ddp_kbit.errors import ClientError, ConfigError, UserError
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ddp_kbit.config import SyntheticConfig
-from ddp_kbit.data.datasets import GTSRB_CLASSES, load_dataset, read_idx, synthetic
+from ddp_kbit.data.local_datasets import GTSRB_CLASSES, load_dataset, read_idx, synthetic
 from ddp_kbit.errors import DatasetError
 
 
@@ -48,7 +48,7 @@ def test_fashion_mnist_from_debian_package():
 
 
 def test_missing_fashion_mnist_names_package_and_flag(monkeypatch):
-    monkeypatch.setattr("ddp_kbit.data.datasets.FASHION_MNIST_DIR", "/nonexistent/fashion")
+    monkeypatch.setattr("ddp_kbit.data.local_datasets.FASHION_MNIST_DIR", "/nonexistent/fashion")
     with pytest.raises(DatasetError) as e:
         load_dataset("fashion-mnist")
     assert "dataset-fashion-mnist" in str(e.value) and "--data-dir" in str(e.value)

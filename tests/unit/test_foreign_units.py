@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ddp_kbit.errors import DecodeError
-from ddp_kbit.wire.foreign import ForeignCodec, Source, field_at, to_image
+from ddp_kbit.wire.foreign import ForeignCodec, TopicDescription, field_at, to_image
 from ddp_kbit.wire.framing import frame, parse_frame
 
 from protoc_user import compile_proto
@@ -69,7 +69,7 @@ def test_images_from_bytes_lists_nested_rows_and_base64():
 
 
 def test_labels_are_ints_or_class_names():
-    codec = ForeignCodec(Source("json", shape=(2, 2), classes=("cat", "dog"), num_classes=2))
+    codec = ForeignCodec(TopicDescription("json", shape=(2, 2), classes=("cat", "dog"), num_classes=2))
     values = [json.dumps({"image": [0, 1, 2, 3], "label": lab}).encode() for lab in ("dog", 0, 1.0, "cow", 5, True)]
     batch = codec.decode_batch(values)
     assert batch.labels.tolist() == [1, 0, 1] and batch.positions.tolist() == [0, 1, 2]
@@ -103,7 +103,7 @@ def test_unknown_schema_ids_and_framing_are_bad_values_not_crashes():
     def lookup(ref):
         return schemas[ref]
 
-    codec = ForeignCodec(Source("avro", shape=(1, 2), framing="confluent", num_classes=10), lookup)
+    codec = ForeignCodec(TopicDescription("avro", shape=(1, 2), framing="confluent", num_classes=10), lookup)
     good = frame(1, _avro(IMAGE, {"image": b"\x05\x06", "label": 4}))
     batch = codec.decode_batch([good, frame(2, b"\x04\x05\x06\x08"), b"\x09" + good[1:], None, good[:7]])
     assert batch.labels.tolist() == [4] and batch.images.tolist() == [[[5, 6]]]
@@ -131,7 +131,7 @@ def test_the_vectorised_avro_path_agrees_with_the_per_value_one(labels, framed, 
         if i in corrupt:
             v = v[: len(v) // 2] if i % 2 else v + b"\x00"
         values.append(v)
-    source = Source("avro", shape=(2, 3), framing="confluent" if framed else "none", schema_text=json.dumps(schema),
+    source = TopicDescription("avro", shape=(2, 3), framing="confluent" if framed else "none", schema_text=json.dumps(schema),
                     num_classes=200)
     fast = ForeignCodec(source).decode_batch(values)
     slow_codec = ForeignCodec(source)

@@ -10,7 +10,7 @@ import torch
 from ddp_kbit import logs
 from ddp_kbit.config import DataConfig, KafkaConfig
 from ddp_kbit.data.manifest import Manifest, coverage, without
-from ddp_kbit.data.partitions import Slice, plan_epoch
+from ddp_kbit.data.plan import Slice, plan_epoch
 from ddp_kbit.data.stream import KafkaStreamDataset
 from ddp_kbit.errors import ClientError, StreamError
 

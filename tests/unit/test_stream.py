@@ -7,13 +7,13 @@ import torch
 
 from ddp_kbit.config import DataConfig, KafkaConfig
 from ddp_kbit.data.manifest import Manifest
-from ddp_kbit.data.partitions import (
+from ddp_kbit.data.plan import (
     NO_SHUFFLE,
     ConsumedRange,
     RankPlan,
+    ReadWindow,
     Shuffle,
     Slice,
-    Window,
     plan_epoch,
     ranges_to_slices,
 )
@@ -273,7 +273,7 @@ def test_several_slices_of_one_partition_are_all_read():
 def test_a_plan_that_goes_back_in_a_partition_is_read_with_a_seek():
     logs, images = make_logs([40])
     late, early = Slice("t", 0, 20, 30), Slice("t", 0, 0, 10)
-    plan = RankPlan(0, (Window((late,), (10,)), Window((early,), (10,))))
+    plan = RankPlan(0, (ReadWindow((late,), (10,)), ReadWindow((early,), (10,))))
     first, second = list(dataset(logs, plan))
     assert torch.equal(second.images, torch.from_numpy(np.stack([images[(0, o)] for o in range(10)])))
 

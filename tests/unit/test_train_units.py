@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ddp_kbit.config import MODELS
-from ddp_kbit.data.partitions import ConsumedRange
+from ddp_kbit.data.plan import ConsumedRange
 from ddp_kbit.train.dist import cpu_threads
 from ddp_kbit.train.models import BUILDERS, channels_and_hw, check_model, make_model
 from ddp_kbit.train.records import EpochStats, epoch_record

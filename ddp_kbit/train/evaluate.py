@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ddp_kbit import kafka
 from ddp_kbit.config import JobConfig, KafkaConfig, TrainConfig
 from ddp_kbit.data import manifest as manifests
-from ddp_kbit.data.dataset import KafkaDataset
-from ddp_kbit.data.source import describe
+from ddp_kbit.data.describe import describe
+from ddp_kbit.data.kafka_dataset import KafkaDataset
 from ddp_kbit.errors import ConfigError, first_line
 from ddp_kbit.plots import plot_confusion
 from ddp_kbit.progress import Progress

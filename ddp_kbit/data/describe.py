@@ -19,13 +19,13 @@ from ddp_kbit.config import KafkaConfig, SourceConfig
 from ddp_kbit.data import manifest as manifests
 from ddp_kbit.errors import ConfigError, DecodeError, ManifestError
 from ddp_kbit.wire import get_codec
-from ddp_kbit.wire.foreign import FOREIGN, ForeignCodec, Source, field_at
+from ddp_kbit.wire.foreign import FOREIGN, ForeignCodec, TopicDescription, field_at
 
 log = logging.getLogger(__name__)
 _LOOKUPS: dict = {}
 
 
-def source_of(cfg: SourceConfig, **inferred) -> Source:
+def source_of(cfg: SourceConfig, **inferred) -> TopicDescription:
     """The description that travels: the schema file's text read now."""
     text = None
     if cfg.value_schema:
@@ -38,7 +38,7 @@ def source_of(cfg: SourceConfig, **inferred) -> Source:
     given = {k: v for k, v in given.items() if v} | inferred
     if given.get("classes") and not given.get("num_classes"):
         given["num_classes"] = len(given["classes"])
-    return Source(value_format=cfg.value_format, image_field=cfg.image_field, label_field=cfg.label_field,
+    return TopicDescription(value_format=cfg.value_format, image_field=cfg.image_field, label_field=cfg.label_field,
                   framing=cfg.framing, schema_text=text, value_message=cfg.value_message,
                   schema_registry=cfg.schema_registry, **{"dtype": "uint8", **given})
 
@@ -78,7 +78,7 @@ def codec_for(m: manifests.Manifest, auth: SourceConfig | None = None):
     """The decoder of a topic's values: a v1 codec, or the foreign one its description names."""
     if m.format != FOREIGN:
         return get_codec(m.format, m.layout)
-    source = Source.from_dict(m.description)
+    source = TopicDescription.from_dict(m.description)
     return ForeignCodec(source, registry_lookup(source.schema_registry, auth))
 
 

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from ddp_kbit.wire.foreign import Source
+from ddp_kbit.wire.foreign import TopicDescription
 from ddp_kbit.wire.framing import frame
 
 IMAGE_AVSC = {"type": "record", "name": "Image", "namespace": "study",
@@ -68,16 +68,16 @@ def encoder(name: str, classes: tuple[str, ...] = ()) -> ShapeEncoder:
     return ShapeEncoder(name, classes)
 
 
-def source_of(name: str, shape: tuple[int, ...], dtype: str, num_classes: int, classes: tuple[str, ...]) -> Source:
+def source_of(name: str, shape: tuple[int, ...], dtype: str, num_classes: int, classes: tuple[str, ...]) -> TopicDescription:
     """How the study's reader reads a shape (what ``--mode describe`` would write)."""
     common = {"shape": tuple(shape), "dtype": dtype, "num_classes": num_classes}
     if name == "json-image":
-        return Source("json", **common)
+        return TopicDescription("json", **common)
     if name == "bson-mongo":
-        return Source("bson", image_field="images", **common)
+        return TopicDescription("bson", image_field="images", **common)
     if name == "avro-user":
-        return Source("avro", schema_text=json.dumps(IMAGE_AVSC), **common)
+        return TopicDescription("avro", schema_text=json.dumps(IMAGE_AVSC), **common)
     if name == "avro-confluent":   # no registry in a study: the one schema is every id's writer
-        return Source("avro", framing="confluent", schema_text=json.dumps(IMAGE_AVSC), **common)
-    return Source("protobuf", image_field="features.pixels", schema_text=ITEM_PROTO, value_message="Item",
+        return TopicDescription("avro", framing="confluent", schema_text=json.dumps(IMAGE_AVSC), **common)
+    return TopicDescription("protobuf", image_field="features.pixels", schema_text=ITEM_PROTO, value_message="Item",
                   classes=tuple(classes) or tuple(str(i) for i in range(num_classes)), **common)

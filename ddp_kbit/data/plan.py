@@ -133,7 +133,7 @@ def derive_seed(*parts: int) -> int:
 
 # ------------------------------------------------------------------ plans
 @dataclass(frozen=True)
-class Window:
+class ReadWindow:
     """Planned positions ``0..len-1`` are the offsets of ``pieces`` in order; the
     batches are consecutive runs of ``sizes`` positions of :meth:`order`."""
 
@@ -190,7 +190,7 @@ class RankPlan:
     """One rank's epoch (or the rest of one): windows of batches."""
 
     rank: int
-    windows: tuple[Window, ...]
+    windows: tuple[ReadWindow, ...]
     _starts: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
@@ -266,7 +266,7 @@ def plan_epoch(slices: Sequence[Slice], world_size: int, batch_size: int, seed: 
         sizes = batch_sizes(counts[rank], steps, batch_size)
         groups = [sizes[i:i + per_window] for i in range(0, len(sizes), per_window)]
         pieces = cut_runs(run, [sum(g) for g in groups])
-        windows = tuple(Window(tuple(merge_adjacent(p)), tuple(g),
+        windows = tuple(ReadWindow(tuple(merge_adjacent(p)), tuple(g),
                                None if shuffle.kind == "none" else derive_seed(seed, epoch, rank, w))
                         for w, (p, g) in enumerate(zip(pieces, groups)))
         plans.append(RankPlan(rank, windows))

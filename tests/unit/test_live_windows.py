@@ -1,11 +1,11 @@
-"""Window planning (pure): when a window closes, what it holds, replay sampling."""
+"""Live windows (--follow), planned (pure): when a window closes, what it holds, replay sampling."""
 import collections
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddp_kbit.data.partitions import Slice, plan_epoch
-from ddp_kbit.data.windows import CLOSE, STOP, WAIT, WindowSpec, decide, new_offsets, replay_sample
+from ddp_kbit.data.live_windows import CLOSE, STOP, WAIT, LiveWindow, decide, new_offsets, replay_sample
+from ddp_kbit.data.plan import Slice, plan_epoch
 
 
 def test_a_window_closes_at_n_records_or_s_seconds_never_empty_and_idle_stops():
@@ -49,9 +49,9 @@ def test_replay_is_seeded_older_and_never_twice():
 
 
 def test_a_window_is_planned_like_an_epoch_and_round_trips():
-    w = WindowSpec(3, "t", (Slice("t", 0, 10, 60), Slice("t", 1, 0, 33)), (Slice("t", 0, 0, 5),), {0: 60, 1: 33},
+    w = LiveWindow(3, "t", (Slice("t", 0, 10, 60), Slice("t", 1, 0, 33)), (Slice("t", 0, 0, 5),), {0: 60, 1: 33},
                    1.5, False)
-    assert WindowSpec.from_dict(w.to_dict()) == w
+    assert LiveWindow.from_dict(w.to_dict()) == w
     plans = plan_epoch([*w.new, *w.replay], 2, 8, seed=1, epoch=w.index)
     got = collections.Counter(o for pl in plans for k in range(pl.num_batches) for o in pl.batch_offsets(k))
     assert sum(got.values()) == w.records + 5 and max(got.values()) == 1

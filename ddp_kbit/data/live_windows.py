@@ -1,6 +1,6 @@
 """Pure: the windows of continuous training (``--follow``). A window is the next run
 of new offsets of every partition, cut when enough records arrived or enough time
-passed, then planned like an epoch (:func:`ddp_kbit.data.partitions.plan_epoch`:
+passed, then planned like an epoch (:func:`ddp_kbit.data.plan.plan_epoch`:
 exact, equal steps, shuffled). Rehearsal adds a seeded sample of older records,
 counted apart from the new ones."""
 from __future__ import annotations
@@ -8,13 +8,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ddp_kbit.data.partitions import Slice, cut_runs, merge_slices
+from ddp_kbit.data.plan import Slice, cut_runs, merge_slices
 
 WAIT, CLOSE, STOP = "wait", "close", "stop"
 
 
 @dataclass(frozen=True)
-class WindowSpec:
+class LiveWindow:
     """What every rank trains in window ``index`` (all agree on it through one collective)."""
 
     index: int
@@ -36,7 +36,7 @@ class WindowSpec:
                 "replay": [[s.partition, s.start, s.end] for s in self.replay]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> WindowSpec:
+    def from_dict(cls, d: dict) -> LiveWindow:
         t = d["topic"]
         return cls(int(d["index"]), t, tuple(Slice(t, p, a, b) for p, a, b in d["new"]),
                    tuple(Slice(t, p, a, b) for p, a, b in d["replay"]), {int(p): h for p, h in d["high"].items()},

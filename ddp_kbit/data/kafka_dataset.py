@@ -42,7 +42,8 @@ from torch.utils.data import IterableDataset
 from ddp_kbit.config import DataConfig, KafkaConfig, SourceConfig
 from ddp_kbit.data import manifest as manifests
 from ddp_kbit.data.dead_letters import read_dead_letters
-from ddp_kbit.data.partitions import (
+from ddp_kbit.data.describe import describe
+from ddp_kbit.data.plan import (
     RankPlan,
     Shuffle,
     Slice,
@@ -51,7 +52,6 @@ from ddp_kbit.data.partitions import (
     ranges_to_slices,
     subtract,
 )
-from ddp_kbit.data.source import describe
 from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch
 from ddp_kbit.errors import ConfigError, StreamError
 

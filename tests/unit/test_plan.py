@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ddp_kbit.data.partitions import (
+from ddp_kbit.data.plan import (
     NO_SHUFFLE,
     ConsumedRange,
     Shuffle,
