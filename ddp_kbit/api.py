@@ -29,6 +29,8 @@ from ddp_kbit.data.kafka_dataset import KafkaDataset
 from ddp_kbit.errors import ConfigError
 from ddp_kbit.files import make_run_dir, write_json
 from ddp_kbit.kafka.broker import reachable
+from ddp_kbit.reports import DescribeReport, InspectReport, PublishReport, Report, TrainReport
+from ddp_kbit.train.spec import check_local_inputs
 
 # where a field name found in several sections goes (the study's own keys need experiment={...})
 SEARCH = ("general", "kafka", "data", "train", "checkpoint", "spark", "source", "follow")
@@ -60,7 +62,7 @@ def job_from(config: JobConfig | None = None, **fields: Any) -> JobConfig:
     return build_group(JobConfig, base, over)
 
 
-def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields: Any) -> dict:
+def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields: Any) -> TrainReport:
     """The whole ``--mode train`` path: topics (the embedded broker and the default
     dataset when no ``bootstrap_servers``), TorchDistributor ranks, checkpoints,
     evaluation; returns the report (also written to ``<run dir>/report.json``, with
@@ -78,7 +80,7 @@ def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields:
         fields = {**fields, "model": model}
         model = None
     job = job_from(config, **fields)
-    driver.check_local_inputs(job, model, transforms)   # code, files, GPUs, the master, settings: before Kafka
+    check_local_inputs(job, model, transforms)   # code, files, GPUs, the master, settings: before Kafka
     spark.preflight(job.spark)                          # or Spark is touched
     run_dir = make_run_dir(job.general.run_dir)
     with reachable(job.kafka, run_dir) as kcfg, spark.session_scope():
@@ -86,7 +88,7 @@ def fit(config: JobConfig | None = None, *, model=None, transforms=(), **fields:
     return write_report(job, run_dir, report)
 
 
-def publish_job(job: PublishJob) -> dict:
+def publish_job(job: PublishJob) -> PublishReport:
     """``ddp-kbit publish``: one split to its topic (strict: a topic that holds records
     needs ``force``), a live producer with ``rate``, or without ``split`` both splits,
     each only when its topic has no manifest yet (the demo topics)."""
@@ -107,11 +109,10 @@ def publish_job(job: PublishJob) -> dict:
                 publish_dataset(kcfg, pcfg, ds, job.general.progress)
             results = {pcfg.split: run.summary() if run.manifest is not None else
                        {"topic": run.topic, "records": run.records, "manifest": None}}
-    report = {"mode": "publish", "kafka": as_dict(job.kafka), "publish": as_dict(pcfg), "results": results}
-    if pcfg.split is not None:
-        report["result"] = results[pcfg.split]
-    path = write_json(job.general.report or run_dir / "publish.json", report)
-    return {**report, "report_path": str(path)}
+    report = PublishReport(as_dict(job.kafka), as_dict(pcfg), results,
+                           results[pcfg.split] if pcfg.split is not None else None)
+    path = write_json(job.general.report or run_dir / "publish.json", report.to_dict())
+    return dataclasses.replace(report, report_path=str(path))
 
 
 def stopping():
@@ -125,7 +126,7 @@ def stopping():
     return lambda: flag["stop"]
 
 
-def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
+def run_mode(mode: str, job: JobConfig, command: str = "") -> Report:
     """The other modes of ``ddp-kbit``: ``publish`` (the default topics), ``experiment``
     (a study), ``describe`` (a foreign topic's manifest), ``inspect`` (a look at a
     topic), ``evaluate`` (a saved model on a test topic)."""
@@ -139,8 +140,7 @@ def run_mode(mode: str, job: JobConfig, command: str = "") -> dict:
         elif mode == "inspect":
             from ddp_kbit.data.inspect import inspect_topic
 
-            report = {"mode": "inspect", "findings": inspect_topic(kcfg, job.inspect.topic, run_dir,
-                                                                   job.inspect.limit, job.source)}
+            report = InspectReport(inspect_topic(kcfg, job.inspect.topic, run_dir, job.inspect.limit, job.source))
         elif mode == "evaluate":
             from ddp_kbit.train.evaluate import run_evaluate
 
@@ -168,12 +168,12 @@ def check_mode(mode: str, job: JobConfig) -> None:
             raise ConfigError(f"--model-path {job.evaluate.model_path} does not exist")
 
 
-def describe(job: JobConfig, kcfg: KafkaConfig) -> dict:
+def describe(job: JobConfig, kcfg: KafkaConfig) -> DescribeReport:
     from ddp_kbit.data.describe import describe as describe_topic
 
     _, findings = describe_topic(kcfg, job.inspect.topic, job.source, scan=job.inspect.scan,
                                  limit=job.inspect.limit or 1000)
-    return {"mode": "describe", "findings": findings}
+    return DescribeReport(findings)
 
 
 def publish(dataset: str = "fashion-mnist", *, bootstrap_servers: str | None = None, kafka: KafkaConfig | None = None,
@@ -196,21 +196,20 @@ def publish(dataset: str = "fashion-mnist", *, bootstrap_servers: str | None = N
     return publish_dataset(kcfg, pcfg, ds, progress).summary()
 
 
-def write_report(job: JobConfig, run_dir: Path, report: dict) -> dict:
+def write_report(job: JobConfig, run_dir: Path, report: Report) -> Report:
     """The report as ``report.json`` (``--report``), and ``report.png`` of a training run."""
-    from ddp_kbit.config import as_dict
-
-    report.setdefault("config", {"kafka": as_dict(job.kafka), "data": as_dict(job.data)})
-    path = write_json(job.general.report or run_dir / "report.json", report)
-    report["report_path"] = str(path)
-    if report["mode"] == "train" and report.get("windows"):
+    if getattr(report, "config", "") is None:
+        report = dataclasses.replace(report, config={"kafka": as_dict(job.kafka), "data": as_dict(job.data)})
+    path = write_json(job.general.report or run_dir / "report.json", report.to_dict())
+    report = dataclasses.replace(report, report_path=str(path))
+    if isinstance(report, TrainReport) and report.windows:
         from ddp_kbit.plots import plot_windows
 
-        plot_windows(report, path.with_suffix(".png"))
-    elif report["mode"] == "train" and report.get("epochs"):
+        plot_windows(report.to_dict(), path.with_suffix(".png"))
+    elif isinstance(report, TrainReport) and report.epochs:
         from ddp_kbit.plots import plot_training
 
-        plot_training(report, path.with_suffix(".png"))
+        plot_training(report.to_dict(), path.with_suffix(".png"))
     return report
 
 

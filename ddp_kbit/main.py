@@ -183,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if name == "broker":
         return serve_broker(job)
     report = run(name, job, argv)
-    from ddp_kbit.reports import summary_line
-
-    print(summary_line(report))
+    print(report.summary())
     print(f"report: {report['report_path']}")
     stopped = report.get("stopped")
     if stopped:
@@ -193,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_INTERRUPTED if (stopped or {}).get("by") == "SIGINT" else 0
 
 
-def run(name: str, job, argv: list[str]) -> dict:
+def run(name: str, job, argv: list[str]):
     """Dispatch to the Python API (the CLI is one of its callers)."""
     from ddp_kbit import api
 

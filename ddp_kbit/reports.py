@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 
 class Report(Mapping):
@@ -168,9 +168,10 @@ class EvaluateReport(Report):
     confusion_png: str
     bad_records: dict | None
     predictions: dict | None         # topic, written, already_there
+    config: dict | None = None       # the Kafka and data settings it ran with
     report_path: str | None = None
     mode: str = "evaluate"
-    omit_none: ClassVar = ("report_path",)
+    omit_none: ClassVar = ("report_path", "config")
 
     def summary(self) -> str:
         pred = self.predictions
@@ -183,9 +184,10 @@ class EvaluateReport(Report):
 @dataclass
 class InspectReport(Report):
     findings: dict                   # per partition, labels, bad records by reason, bytes, files
+    config: dict | None = None
     report_path: str | None = None
     mode: str = "inspect"
-    omit_none: ClassVar = ("report_path",)
+    omit_none: ClassVar = ("report_path", "config")
 
     def summary(self) -> str:
         return "\n".join(self.findings["summary"])
@@ -194,9 +196,10 @@ class InspectReport(Report):
 @dataclass
 class DescribeReport(Report):
     findings: dict                   # the inferred description, bad records, whether the manifest was written
+    config: dict | None = None
     report_path: str | None = None
     mode: str = "describe"
-    omit_none: ClassVar = ("report_path",)
+    omit_none: ClassVar = ("report_path", "config")
 
     def summary(self) -> str:
         f = self.findings
@@ -214,9 +217,10 @@ class ExperimentReport(Report):
     failed: int
     table: str
     verdicts: list[str]
+    config: dict | None = None
     report_path: str | None = None
     mode: str = "experiment"
-    omit_none: ClassVar = ("report_path",)
+    omit_none: ClassVar = ("report_path", "config")
 
     def summary(self) -> str:
         failed = f"; {self.failed} failed (see results.csv)" if self.failed else ""
@@ -245,14 +249,6 @@ def _published(split: str, r: dict) -> str:
     if r.get("manifest", True) is None:
         return f"published {r['records']} records to {r['topic']} (no pass completed: no manifest)"
     return f"{split}: {r['topic']} holds {r['records']} records"
-
-
-def summary_line(report: Report) -> str:
-    return report.summary()
-
-
-def with_path(report: Report, path: Any) -> Report:
-    return dataclasses.replace(report, report_path=str(path))
 
 
 __all__ = ["DescribeReport", "EpochRecord", "EvaluateReport", "ExperimentReport", "Final", "InspectReport",

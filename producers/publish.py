@@ -16,7 +16,6 @@ import sys
 from ddp_kbit import cli, logs
 from ddp_kbit.api import publish_job
 from ddp_kbit.main import command_parser
-from ddp_kbit.reports import summary_line
 
 PROG = "python -m producers.publish"
 
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     job = cli.config_group(PublishJob, args, base={"publish": {"split": "train"}})
     logs.configure(job.general.log_level, secrets=job.kafka.secrets)
     report = publish_job(job)
-    print(summary_line(report))
+    print(report.summary())
     print(f"report: {report['report_path']}")
     return 0
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ddp_kbit import kafka
 from ddp_kbit.config import KafkaConfig
 from ddp_kbit.errors import ClientError, DecodeError, first_line
+from ddp_kbit.wire.sample import BadReason
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class BadRecords:
     by_reason: collections.Counter = field(default_factory=collections.Counter)
 
     def add(self, seen: int, reasons: list[str]) -> None:
+        for r in reasons:
+            BadReason(r)   # a reason outside the enum is a bug here, not a new kind of bad record
         self.seen += seen
         self.count += len(reasons)
         self.by_reason.update(reasons)

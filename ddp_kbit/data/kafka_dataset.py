@@ -50,21 +50,23 @@ from ddp_kbit.data.plan import (
     merge_slices,
     plan_epoch,
     ranges_to_slices,
+    slices_from_json,
+    slices_to_json,
     subtract,
 )
 from ddp_kbit.data.stream import KafkaStreamDataset, StreamBatch
 from ddp_kbit.errors import ConfigError, StreamError
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2   # 2: used ranges as [[start, end], ...] per partition (1 is read too)
 
 
 class KafkaDataset(IterableDataset):
     def __init__(self, topic: str | manifests.Manifest, bootstrap_servers: str | None = None, batch_size: int = 128,
                  *, rank: int | None = None, world_size: int | None = None, seed: int = 0, shuffle: str | None = None,
                  kafka: KafkaConfig | None = None, data: DataConfig | None = None, num_classes: int | None = None,
-                 pin_memory: bool = False, forwarded: set | None = None, allow_missing_records: bool | None = None,
-                 source: SourceConfig | None = None, slices: list[Slice] | None = None, keep_keys: bool = False):
+                 pin_memory: bool = False, forwarded: set | None = None, source: SourceConfig | None = None,
+                 slices: list[Slice] | None = None, new_from: dict[int, int] | None = None, keep_keys: bool = False):
         """``topic``: a name (its manifest is read, else ranges come from the broker) or a
         :class:`Manifest`. ``kafka``/``data``: full connection and stream settings
         (``bootstrap_servers``, ``shuffle`` override theirs). ``forwarded``: bad records
@@ -72,7 +74,8 @@ class KafkaDataset(IterableDataset):
         ``source``: how to read a topic we did not write, when it has no manifest that
         says so (see ``--mode describe``); its registry credentials are used either way.
         ``slices``: plan these offsets instead of the manifest's ranges (a window of
-        continuous training)."""
+        continuous training); ``new_from``: partition -> the window's first new offset
+        (the slices before it are rehearsal, counted apart)."""
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0; got {batch_size}")
@@ -84,14 +87,13 @@ class KafkaDataset(IterableDataset):
         data = data or DataConfig()
         if shuffle is not None:
             data = dataclasses.replace(data, shuffle=shuffle)
-        allow = data.allow_missing_records if allow_missing_records is None else allow_missing_records
         self.missing: list = []
         if isinstance(topic, str):   # a Manifest is taken as checked (the training driver did)
             found = describe(kafka, topic, source, write=False)[0] if source is not None and source.described \
                 else manifests.resolve(kafka, topic)
-            topic, self.missing = manifests.check_on_broker(kafka, found, allow)
+            topic, self.missing = manifests.check_on_broker(kafka, found, data.allow_missing_records)
         self.source, self._slices, self.keep_keys = source, slices, keep_keys
-        self.replay_before: dict | None = None   # a window: partition -> its first new offset
+        self.new_from = new_from
         self.manifest = topic
         self.kafka, self.data, self.batch_size, self.seed = kafka, data, batch_size, seed
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -115,8 +117,8 @@ class KafkaDataset(IterableDataset):
     def new_slices(self) -> list[Slice]:
         """What this dataset covers for committed offsets and lag: its own slices, or a
         window's new records (the ones at or after each partition's window start)."""
-        return self.slices if self.replay_before is None else \
-            [s for s in self.slices if s.partition in self.replay_before and s.start >= self.replay_before[s.partition]]
+        return self.slices if self.new_from is None else \
+            [s for s in self.slices if s.partition in self.new_from and s.start >= self.new_from[s.partition]]
 
     @property
     def shuffle(self) -> Shuffle:
@@ -194,22 +196,20 @@ class KafkaDataset(IterableDataset):
         return merge_slices([*self._used_before, *[s for pl in self.plans() for s in pl.used(steps)]])
 
     def state_dict(self) -> dict:
-        used: dict[str, list[int]] = {}
-        for s in self.used():
-            used.setdefault(str(s.partition), []).extend((s.start, s.end))
         return {"version": STATE_VERSION, "topic": self.manifest.topic,
                 "ranges": {str(p): list(r) for p, r in sorted(self.manifest.partitions.items())},
-                "epoch": self.epoch, "used": used}
+                "epoch": self.epoch, "used": slices_to_json(self.used())}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise StreamError(f"KafkaDataset state version {state.get('version')!r}; this one reads {STATE_VERSION}")
         ranges = {str(p): list(r) for p, r in sorted(self.manifest.partitions.items())}
         if state["topic"] != self.manifest.topic or state["ranges"] != ranges:
             raise StreamError(f"KafkaDataset state is for {state['topic']} {state['ranges']}, not "
                               f"{self.manifest.topic} {ranges}")
-        used = [Slice(self.manifest.topic, int(p), a, b) for p, flat in state["used"].items()
-                for a, b in zip(flat[::2], flat[1::2])]
+        used = slices_from_json(self.manifest.topic, state["used"]) if state["version"] == STATE_VERSION else \
+            [Slice(self.manifest.topic, int(p), a, b) for p, flat in state["used"].items()   # 0.2's flat lists
+             for a, b in zip(flat[::2], flat[1::2])]
         self._start_epoch(int(state["epoch"]), used)
         self._manual = False
 

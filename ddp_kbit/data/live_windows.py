@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from ddp_kbit.data.plan import Slice, cut_runs, merge_slices
+from ddp_kbit.data.plan import Slice, cut_runs, merge_slices, slices_from_json, slices_to_json
 
-WAIT, CLOSE, STOP = "wait", "close", "stop"
+
+class Close(StrEnum):
+    """What to do with the open window now."""
+
+    WAIT = "wait"      # for more records (or time)
+    CLOSE = "close"    # train it
+    STOP = "stop"      # nothing arrived for --until-idle: the run ends
+
+
+WAIT, CLOSE, STOP = Close.WAIT, Close.CLOSE, Close.STOP
 
 
 @dataclass(frozen=True)
@@ -31,20 +41,18 @@ class LiveWindow:
 
     def to_dict(self) -> dict:
         return {"index": self.index, "topic": self.topic, "final": self.final, "closed_at": self.closed_at,
-                "high": {str(p): h for p, h in self.high.items()},
-                "new": [[s.partition, s.start, s.end] for s in self.new],
-                "replay": [[s.partition, s.start, s.end] for s in self.replay]}
+                "high": {str(p): h for p, h in self.high.items()}, "new": slices_to_json(self.new),
+                "replay": slices_to_json(self.replay)}
 
     @classmethod
     def from_dict(cls, d: dict) -> LiveWindow:
         t = d["topic"]
-        return cls(int(d["index"]), t, tuple(Slice(t, p, a, b) for p, a, b in d["new"]),
-                   tuple(Slice(t, p, a, b) for p, a, b in d["replay"]), {int(p): h for p, h in d["high"].items()},
-                   float(d["closed_at"]), bool(d["final"]))
+        return cls(int(d["index"]), t, tuple(slices_from_json(t, d["new"])), tuple(slices_from_json(t, d["replay"])),
+                   {int(p): h for p, h in d["high"].items()}, float(d["closed_at"]), bool(d["final"]))
 
 
 def decide(new_records: int, open_s: float, idle_s: float, window_records: int, window_seconds: float,
-           until_idle_s: float | None) -> str:
+           until_idle_s: float | None) -> Close:
     """Close the window, wait for more, or stop (never an empty window)."""
     if new_records >= window_records:
         return CLOSE

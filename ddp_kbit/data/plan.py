@@ -87,6 +87,20 @@ class Shuffle:
 NO_SHUFFLE = Shuffle("none")
 
 
+def slices_to_json(slices: Iterable[Slice]) -> dict[str, list[list[int]]]:
+    """Offset ranges of one topic as plain data: partition -> [[start, end], ...].
+    The one form of ranges in checkpoints and saved states (the manifest's
+    {"p": [start, end]} and the report's consumed ranges are contracts of their own)."""
+    out: dict[str, list[list[int]]] = {}
+    for s in sorted(slices):
+        out.setdefault(str(s.partition), []).append([s.start, s.end])
+    return out
+
+
+def slices_from_json(topic: str, d: dict) -> list[Slice]:
+    return [Slice(topic, int(p), a, b) for p, ranges in d.items() for a, b in ranges]
+
+
 def ranges_to_slices(topic: str, partitions: dict[int, tuple[int, int]]) -> list[Slice]:
     return [Slice(topic, p, s, e) for p, (s, e) in sorted(partitions.items()) if e > s]
 
@@ -126,8 +140,13 @@ def batch_sizes(count: int, steps: int, batch_size: int) -> list[int]:
     return [batch_size] * (steps - 1) + [count - batch_size * (steps - 1)]
 
 
+# what a derived seed is for, so two uses of the same (seed, epoch, rank) never draw alike
+SEED_INTERLEAVE, SEED_RANK, SEED_REPLAY = 1_000_001, 1_000_002, 1_000_003
+
+
 def derive_seed(*parts: int) -> int:
-    """A seed from several integers, the same in every process and Python version."""
+    """A seed from several integers, the same in every process and Python version:
+    the one way every seed of a run is made from the run's ``--seed``."""
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
@@ -250,7 +269,7 @@ def plan_epoch(slices: Sequence[Slice], world_size: int, batch_size: int, seed: 
         raise PlanError(f"world_size must be >= 1, got {world_size}")
     slices = [s for s in slices if len(s)]
     if shuffle.kind == "none":
-        per_rank = [interleave(r, batch_size, (seed + epoch) * 1_000_003 + rank)
+        per_rank = [interleave(r, batch_size, derive_seed(seed, epoch, rank, SEED_INTERLEAVE))
                     for rank, r in enumerate(split_ranks(slices, world_size))]
     else:
         per_rank = deal_chunks(slices, world_size, shuffle.chunk, derive_seed(seed, epoch))

@@ -20,7 +20,9 @@ from ddp_kbit.data.stream import KafkaStreamDataset
 from ddp_kbit.experiment import shapes
 from ddp_kbit.experiment.grid import MEMORY, RAW, Condition
 from ddp_kbit.kafka.broker import EmbeddedBroker
-from ddp_kbit.train.loop import MemoryBatches, RankTrainer, RunSpec
+from ddp_kbit.train.batches import MemoryBatches
+from ddp_kbit.train.loop import RankTrainer
+from ddp_kbit.train.spec import RunSpec
 from ddp_kbit.wire import get_codec
 
 
@@ -150,7 +152,7 @@ def train_memory(side: RankSide, rank: int, world: int, device, round_dir: str) 
     as its source: the no-Kafka ceiling of the train workload."""
     x, y = _rank_share(side, rank, world)
     spec = _spec(side, side.kafka, next(iter(side.topics.values())), None, round_dir)
-    rt = RankTrainer(spec, rank, world, device, source=MemoryBatches(x, y, side.train.batch_size))
+    rt = RankTrainer(spec, rank, world, device, batches=MemoryBatches(x, y, side.train.batch_size))
     t0 = time.perf_counter()
     for epoch in range(side.train.epochs):
         rt.train_epoch(epoch, evaluate=False)

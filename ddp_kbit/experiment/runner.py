@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ddp_kbit import kafka, logs
+from ddp_kbit import kafka
 from ddp_kbit.config import FOREIGN_SHAPES, ExperimentConfig, JobConfig, KafkaConfig, PublishConfig
 from ddp_kbit.data import manifest
 from ddp_kbit.data.local_datasets import load_dataset
@@ -29,7 +29,9 @@ from ddp_kbit.experiment.grid import RANK_SIDE, RAW, Condition
 from ddp_kbit.files import write_json
 from ddp_kbit.launch import spark
 from ddp_kbit.progress import Progress
+from ddp_kbit.reports import ExperimentReport
 from ddp_kbit.train import dist
+from ddp_kbit.train.rank import start_rank
 from ddp_kbit.wire.foreign import FOREIGN
 
 log = logging.getLogger("ddp_kbit.experiment")
@@ -50,9 +52,8 @@ class RankTask:
 def experiment_fn(task: RankTask) -> None:
     """Each rank's main: measure this launch's conditions round by round; rank 0
     writes a row per condition and iteration, with rates summed over ranks."""
-    rank, world, device = dist.init_distributed(task.side.use_gpu, task.side.collective_timeout_s)
-    logs.configure(task.log_level, f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
-                   secrets=task.side.kafka.secrets)
+    rank, world, device = start_rank(task.side.use_gpu, task.side.collective_timeout_s, task.log_level,
+                                     task.side.kafka.secrets)
     try:
         for iteration, warm in task.rounds:
             for cond in task.conditions:
@@ -233,7 +234,7 @@ def record_missing(csv: Path, conds, rounds, error: str) -> None:
 
 
 # ------------------------------------------------------------------ the study
-def run_study(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, embedded: bool, command: str) -> dict:
+def run_study(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, embedded: bool, command: str) -> ExperimentReport:
     cfg = job.experiment
     out = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else run_dir / "experiment"
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +257,7 @@ def run_study(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, embedded: bool, 
     return finish(out, study, env, cfg)
 
 
-def finish(out: Path, study: dict, env: dict, cfg: ExperimentConfig) -> dict:
+def finish(out: Path, study: dict, env: dict, cfg: ExperimentConfig) -> ExperimentReport:
     rows = pd.read_csv(out / "results.csv", keep_default_na=False, na_values=[""])
     rows["error"] = rows["error"].fillna("")
     summary = stats.summarize(rows, cfg.seed, cfg.confidence)
@@ -269,5 +270,5 @@ def finish(out: Path, study: dict, env: dict, cfg: ExperimentConfig) -> dict:
              "report_md": str(out / "report.md"), "plots": [str(p) for p in made]}
     write_json(out / "results.json", {"study": study, "environment": env, "files": files,
                                       "summary": summary.to_dict("records"), "verdicts": verdicts})
-    return {"mode": "experiment", "output_dir": str(out), "files": files, "rows": len(rows),
-            "failed": int((rows["error"] != "").sum()), "table": report.table(summary), "verdicts": verdicts}
+    return ExperimentReport(str(out), files, len(rows), int((rows["error"] != "").sum()), report.table(summary),
+                            verdicts)

@@ -18,10 +18,10 @@ from ddp_kbit.files import DirectoryLock
 from ddp_kbit.launch import spark
 from ddp_kbit.launch.metrics import DriverMetrics
 from ddp_kbit.launch.spark_errors import exception_line, known_failure
-from ddp_kbit.train import checkpoint, models, rundir, usercode
-from ddp_kbit.train.loop import RunSpec, train_fn
-from ddp_kbit.train.stopping import stop_file
-from ddp_kbit.train.transforms import Transforms
+from ddp_kbit.reports import EpochRecord, Final, TrainReport, WindowRecord
+from ddp_kbit.train import checkpoint, rundir
+from ddp_kbit.train.loop import train_fn
+from ddp_kbit.train.spec import RunSpec, build_spec, checkpoint_dir
 
 log = logging.getLogger("ddp_kbit.driver")
 
@@ -61,84 +61,6 @@ def demo_topic(kcfg: KafkaConfig, data: DataConfig, split: str) -> manifest.Mani
     return found
 
 
-def check_local_inputs(job: JobConfig, model=None, transforms=()) -> None:
-    """What is on this machine, checked before Kafka or Spark is touched: the model,
-    transform and handler code (files read, functions imported), schema files."""
-    model, refs, handlers = user_code(job, model, transforms)
-    for ref, what in ((model, "--model"), *((t, "--transform") for t in refs), *((h, "--handler") for h in handlers)):
-        if isinstance(ref, usercode.CodeRef):
-            usercode.load(ref, what)
-    if job.source.value_schema and not Path(job.source.value_schema).is_file():
-        raise UserError(f"--value-schema {job.source.value_schema} does not exist")
-
-
-def check_compatible(train: manifest.Manifest, test: manifest.Manifest, data: DataConfig) -> int:
-    """The manifests are the source of truth; a flag that contradicts one is the
-    error. Returns the class count."""
-    if tuple(train.shape) != tuple(test.shape) or train.dtype != test.dtype:
-        raise UserError(f"train topic {train.topic} holds {list(train.shape)} {train.dtype} samples but test topic "
-                        f"{test.topic} holds {list(test.shape)} {test.dtype}")
-    for m in (train, test):
-        if data.format is not None and m.format != data.format:
-            raise UserError(f"topic {m.topic} is {m.format} (its {m.origin} says so), but --format {data.format} "
-                            "was given; leave --format out or name another topic")
-    classes = train.num_classes or test.num_classes
-    if classes is None:
-        raise UserError(f"topic {train.topic} has no manifest, so its class count is unknown; "
-                        "publish it with `python -m producers.publish` to get one")
-    return classes
-
-
-def user_code(job: JobConfig, model=None, transforms=()) -> tuple:
-    """The run's model, transforms and handlers: the job's specs parsed (a file's text
-    read now, to travel with the spec), or the caller's own callables (Python API)."""
-    model = model if model is not None else job.train.model
-    if isinstance(model, str) and usercode.is_spec(model):
-        model = usercode.parse(model, "--model")
-    refs = tuple(t if callable(t) else usercode.parse(t, "--transform") for t in (*job.train.transforms, *transforms))
-    handlers = tuple(usercode.parse(h, "--handler") for h in job.train.handlers)
-    return model, refs, handlers
-
-
-def check_user_code(model, transforms, augment: bool, shape, num_classes: int) -> int:
-    """Before any rank starts: build the model and run one forward pass, and call the
-    transforms once, on a batch of the topic's shape; every mistake is one line
-    naming the spec (exit 2). Returns the model's parameter count."""
-    count = models.check_model(model, shape, num_classes)
-    Transforms(transforms, builtin_augment=augment).check(models.example_batch(shape), num_classes)
-    return count
-
-
-def checkpoint_dir(job: JobConfig, run_dir: Path) -> Path:
-    return Path(job.checkpoint.dir).expanduser().resolve() if job.checkpoint.dir else run_dir / "checkpoints"
-
-
-def build_spec(job: JobConfig, kcfg: KafkaConfig, manifests: dict, run_dir: Path, model=None,
-               transforms=()) -> RunSpec:
-    """``manifests``: train and test, as far as the broker holds them; ``model`` and
-    ``transforms``: callables of the Python API, on top of the job's specs."""
-    train, test = manifests["train"], manifests["test"]
-    classes = check_compatible(train, test, job.data)
-    model, transforms, handlers = user_code(job, model, transforms)
-    params = check_user_code(model, transforms, job.train.augment, train.shape, classes)
-    log.info("model %s: %d parameters", getattr(model, "spec", model), params)
-    ckpt_dir = checkpoint_dir(job, run_dir)
-    found = checkpoint.latest_readable(ckpt_dir) if job.checkpoint.resume else checkpoint.latest(ckpt_dir)
-    if job.checkpoint.resume and found is None:
-        raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
-    if not job.checkpoint.resume and found is not None:
-        raise UserError(f"checkpoint directory {ckpt_dir} already holds checkpoints ({found.name}); pass --resume "
-                        "to continue from them, or choose another --checkpoint-dir")
-    return RunSpec(kafka=kcfg, data=job.data, train=job.train,
-                   checkpoint=replace(job.checkpoint, dir=str(ckpt_dir)), train_topic=train, test_topic=test,
-                   num_classes=classes, run_dir=str(run_dir), model=model, transforms=transforms, handlers=handlers,
-                   source=job.source, metrics=job.metrics,
-                   log_level=job.general.log_level,
-                   progress=job.general.progress, use_gpu=job.spark.gpu,
-                   collective_timeout_s=job.spark.collective_timeout_s,
-                   resume_from=str(found) if job.checkpoint.resume else None)
-
-
 def run_with_restarts(job: JobConfig, spec: RunSpec) -> tuple[tuple[dict, dict], int, list[dict]]:
     """TorchDistributor run; on failure resume from the newest checkpoint, in barrier
     mode on as many ranks as the cluster has slots for now (fewer after a lost worker,
@@ -159,13 +81,13 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
         if metrics is not None:
             metrics.world.set(scfg.num_processes)
         rundir.clear(spec.run_dir)
-        stop_file(spec.checkpoint.dir).unlink(missing_ok=True)
+        rundir.stop_file(spec.checkpoint.dir).unlink(missing_ok=True)
         # what the DLQs already hold (an earlier attempt's forwards): never forwarded twice
         spec = replace(spec, dead_lettered=read_dead_letters(spec.kafka, [spec.train_topic.topic,
                                                                           spec.test_topic.topic]).forwarded)
         try:
-            launched = spark.launch(scfg, train_fn, spec, stop_file=str(stop_file(spec.checkpoint.dir)),
-                                    log_path=str(ranks_log(spec.run_dir)))
+            launched = spark.launch(scfg, train_fn, spec, stop_file=str(rundir.stop_file(spec.checkpoint.dir)),
+                                    log_path=str(rundir.ranks_log(spec.run_dir)))
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": None})
             return launched, restarts, attempts
         except UserError:
@@ -178,10 +100,10 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
             if "No module named 'ddp_kbit'" in reason:
                 reason += " (the executors' Python lacks the package: pass --ship-package)"
             attempts.append({"attempt": restarts, "world_size": scfg.num_processes, "error": reason})
-            if restarts >= job.checkpoint.max_restarts or stop_file(spec.checkpoint.dir).exists() \
+            if restarts >= job.checkpoint.max_restarts or rundir.stop_file(spec.checkpoint.dir).exists() \
                     or rundir.final(spec.run_dir):
                 raise UserError(f"training failed after {restarts} restart(s): {reason} (the ranks' whole output: "
-                                f"{ranks_log(spec.run_dir)})") from None
+                                f"{rundir.ranks_log(spec.run_dir)})") from None
             found = checkpoint.latest_readable(spec.checkpoint.dir)
             restarts += 1
             if metrics is not None:
@@ -192,10 +114,6 @@ def _attempts(job: JobConfig, spec: RunSpec, scfg, restarts: int, attempts: list
                 scfg = replace(scfg, num_processes=spark.available_ranks(job.spark))
                 log.warning("restart %d runs on %d rank(s)", restarts, scfg.num_processes)
             spec = replace(spec, resume_from=str(found) if found else None)
-
-
-def ranks_log(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "ranks.log"
 
 
 _BLOCK = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((SIG[A-Z0-9]+)\))?[ \t]*\n")
@@ -269,7 +187,8 @@ def last_line(text: str) -> str:
 
 
 def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict], restarts: int, dlq: str,
-                 missing: list, attempts: list, value_dropped: int = 0) -> dict:
+                 missing: list, attempts: list, value_dropped: int = 0) -> TrainReport:
+    """The typed report of a run, from what the ranks returned and where they ran."""
     result, where = launched
     ranks = result.get("ranks", [])
     where = {**where, "ranks": ranks}
@@ -278,14 +197,17 @@ def train_report(job: JobConfig, kcfg: KafkaConfig, launched: tuple[dict, dict],
     config = {"kafka": as_dict(kcfg), "data": as_dict(job.data), "train": as_dict(job.train),
               "checkpoint": as_dict(job.checkpoint), "spark": as_dict(job.spark), "follow": as_dict(job.follow),
               "source": as_dict(job.source)}
-    extra = {"windows": result["windows"], "follow": result["follow"]} if "windows" in result else {}
-    if result.get("stopped"):   # the driver's signal is the one a user sent
-        extra["stopped"] = {**result["stopped"], "by": where.get("stopped_by") or result["stopped"]["by"]}
-    return {"mode": "train", "config": config, "spark": where, "world_size": result["world_size"],
-            "restarts": restarts, "epochs": result["epochs"], **extra, "final": result["final"],
-            "model": result["model"], "bad_records": {**result["bad_records"], "dlq_topic": dlq,
-                                                      "dlq_value_dropped": value_dropped},
-            "missing_records": missing, "attempts": attempts}
+    stopped = result.get("stopped")
+    if stopped:   # the driver's signal is the one a user sent
+        stopped = {**stopped, "by": where.get("stopped_by") or stopped["by"]}
+    follows = "windows" in result
+    return TrainReport(
+        config=config, spark=where, world_size=result["world_size"], restarts=restarts,
+        epochs=[EpochRecord.from_dict(e) for e in result["epochs"]], final=Final(**result["final"]),
+        model=result["model"], bad_records={**result["bad_records"], "dlq_topic": dlq, "dlq_value_dropped": value_dropped},
+        missing_records=missing, attempts=attempts,
+        windows=[WindowRecord.from_dict(w) for w in result["windows"]] if follows else None,
+        follow=result.get("follow"), stopped=stopped)
 
 
 def follow_start(kcfg: KafkaConfig, m: manifest.Manifest, cfg: FollowConfig) -> dict[int, int]:
@@ -307,7 +229,7 @@ def follow_start(kcfg: KafkaConfig, m: manifest.Manifest, cfg: FollowConfig) -> 
     return {p: found[(m.topic, p)] if found[(m.topic, p)] is not None else bounds[p][1] for p in bounds}
 
 
-def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, transforms=()) -> dict:
+def run_training(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model=None, transforms=()) -> TrainReport:
     """``kcfg``: the job's Kafka config with reachable servers (the embedded broker's, if any)."""
     embedded = not job.kafka.bootstrap_servers
     with DirectoryLock(checkpoint_dir(job, run_dir)):   # one run at a time per checkpoint directory, first

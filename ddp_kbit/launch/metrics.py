@@ -12,6 +12,8 @@ import logging
 import urllib.request
 from pathlib import Path
 
+from ddp_kbit.train import rundir
+
 log = logging.getLogger(__name__)
 
 
@@ -25,8 +27,8 @@ class RankGatherer:
         from prometheus_client.parser import text_string_to_metric_families
 
         merged: dict = {}
-        for f in sorted(p for p in self.dir.glob("metrics.rank*") if p.suffix != ".last"):
-            last = f.with_name(f.name + ".last")
+        for f in rundir.metrics_endpoints(self.dir):
+            last = rundir.last_values(f)
             try:
                 text = urllib.request.urlopen(f"http://{f.read_text().strip()}/metrics", timeout=2).read().decode()
             except (OSError, ValueError):
@@ -50,8 +52,7 @@ class DriverMetrics:
                                 registry=self.registry)
         self.world = Gauge("ddp_kbit_world_size", "Ranks of the current attempt", registry=self.registry)
         self.registry.register(RankGatherer(checkpoint_dir))
-        for f in Path(checkpoint_dir).glob("metrics.rank*"):
-            f.unlink(missing_ok=True)   # an earlier run's ranks (and their last values)
+        rundir.clear_metrics(checkpoint_dir)   # an earlier run's ranks (and their last values)
         self._server = start_http_server(port, registry=self.registry)
         log.info("metrics on http://0.0.0.0:%d/metrics (ranks on %d..)", port, port + 1)
 

@@ -16,9 +16,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 
 from ddp_kbit import kafka
 from ddp_kbit.config import JobConfig, KafkaConfig, TrainConfig
@@ -28,7 +28,9 @@ from ddp_kbit.data.kafka_dataset import KafkaDataset
 from ddp_kbit.errors import ConfigError, first_line
 from ddp_kbit.plots import plot_confusion
 from ddp_kbit.progress import Progress
+from ddp_kbit.reports import EvaluateReport
 from ddp_kbit.train import checkpoint, usercode
+from ddp_kbit.train.engines import make_evaluator
 from ddp_kbit.train.modelcard import code_entry, code_from, digest, make_card, read_card, same_code
 from ddp_kbit.train.models import make_model, parameter_count, spec_name
 from ddp_kbit.train.transforms import Transforms
@@ -148,89 +150,95 @@ def already_predicted(kcfg: KafkaConfig, topic: str, model_digest: str) -> set:
 
 
 def run_evaluate(job: JobConfig, kcfg: KafkaConfig, run_dir: Path, model_path: str, predictions: str | None,
-                 limit: int | None = None) -> dict:
+                 limit: int | None = None) -> EvaluateReport:
+    """The saved model on the test topic, through ignite's evaluator and metrics
+    (accuracy, loss, confusion matrix, per-class precision and recall); predictions
+    written by a handler as each batch is scored."""
     topic = job.data.test_topic or job.inspect.topic
-    if not topic:
-        raise ConfigError("--mode evaluate needs --test-topic T (or --topic T)")
-    if not model_path:
-        raise ConfigError("--mode evaluate needs --model-path (a run's model.pt, or a checkpoint)")
     m = describe(kcfg, topic, job.source, write=False)[0] if job.source.described else manifests.resolve(kcfg, topic)
     classes = m.num_classes
     if classes is None:
         raise ConfigError(f"topic {topic} has no manifest, so its class count is unknown; describe it first")
     saved = load_model(model_path, job, m.shape, classes)
-    model, transforms = saved.model, saved.transforms
     ds = KafkaDataset(m, kafka=kcfg, data=dataclasses.replace(job.data, shuffle="none"),
                       batch_size=job.train.eval_batch_size, num_classes=classes, keep_keys=bool(predictions),
                       source=job.source)
-    done = already_predicted(kcfg, predictions, saved.digest) if predictions else set()
-    if predictions and predictions not in kafka.topics(kcfg):
-        with kafka.make_admin(kcfg) as admin:   # real Kafka may not auto-create topics
-            admin.create_topic(predictions, len(m.partitions))
-    confusion = np.zeros((classes, classes), np.int64)
-    loss_sum, n, written, skipped = 0.0, 0, 0, 0
-    producer = kafka.make_producer(kcfg) if predictions else None
-    identity = [("ddp_kbit.model.spec", spec_name(saved.spec).encode()), ("ddp_kbit.model.sha256", saved.sha256.encode()),
-                (MODEL_DIGEST, saved.digest.encode()), ("ddp_kbit.source.topic", topic.encode())]
+    ev = make_evaluator(saved.model, torch.device("cpu"), saved.transforms, num_classes=classes)
+    writer = Predictions(kcfg, predictions, m, saved) if predictions else None
+    seen = {"n": 0}
+
+    @ev.on(Events.ITERATION_COMPLETED)
+    def _scored(engine):
+        logits, y, batch = engine.state.output
+        seen["n"] += len(y)
+        if writer is not None:
+            writer.write(batch, logits)
+        if limit is not None and seen["n"] >= limit:
+            engine.terminate()
+
     try:
-        with Progress(len(ds), f"evaluate {topic}", unit="batch", enabled=job.general.progress) as bar, \
-                torch.no_grad():
-            for batch in ds:
-                x, y = batch.to("cpu")
-                if transforms:
-                    x, y = transforms(x, y, False)
-                logits = model(x)
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
-                pred = logits.argmax(1)
-                np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
-                n += len(y)
-                if producer is not None:
-                    w, s = _predict(producer, predictions, batch, pred, F.softmax(logits, 1), identity, done)
-                    written, skipped = written + w, skipped + s
-                if limit is not None and n >= limit:
-                    break
-                bar.update(1)
+        with Progress(len(ds), f"evaluate {topic}", unit="batch", enabled=job.general.progress) as bar:
+            ev.add_event_handler(Events.ITERATION_COMPLETED, lambda _: bar.update(1))
+            ev.run((b for b in ds if len(b)), max_epochs=1)   # an all-bad batch has nothing to score
     finally:
-        if producer is not None:
-            left = producer.flush(60)
-            producer.close()
-            if left:
-                log.error("%d predictions were not acknowledged", left)
+        if writer is not None:
+            writer.close()
+    return report_of(ev.state.metrics, seen["n"], m, topic, saved, model_path, ds, writer, run_dir)
+
+
+def report_of(metrics: dict, n: int, m, topic: str, saved: SavedModel, model_path: str, ds, writer,
+              run_dir: Path) -> EvaluateReport:
+    classes = m.num_classes
     names = list(m.class_names) if m.class_names else [str(i) for i in range(classes)]
-    png = plot_confusion(confusion.tolist(), names, run_dir / "confusion.png", f"{topic}: {n} records")
-    return {"mode": "evaluate", "topic": topic, "model": {"path": str(model_path), "spec": spec_name(saved.spec),
-                                                          "transforms": [t["spec"] for t in saved.card["transforms"]],
-                                                          "sha256": saved.sha256, "digest": saved.digest,
-                                                          "parameters": parameter_count(model)},
-            "records": n, **summary(confusion, loss_sum, names), "confusion_png": str(png),
-            "bad_records": ds.bad.to_dict() if ds.bad else None,
-            "predictions": {"topic": predictions, "written": written, "already_there": skipped} if predictions
-            else None}
+    confusion = metrics["confusion"].to(torch.int64).tolist() if n else [[0] * classes for _ in range(classes)]
+    png = plot_confusion(confusion, names, run_dir / "confusion.png", f"{topic}: {n} records")
+    support = [sum(row) for row in confusion]
+    per_class = {name: {"precision": float(metrics["precision"][i]) if n else 0.0,
+                        "recall": float(metrics["recall"][i]) if n else 0.0, "support": support[i]}
+                 for i, name in enumerate(names)}
+    model = {"path": str(model_path), "spec": spec_name(saved.spec),
+             "transforms": [t["spec"] for t in saved.card["transforms"]], "sha256": saved.sha256,
+             "digest": saved.digest, "parameters": parameter_count(saved.model)}
+    return EvaluateReport(topic, model, n, float(metrics["accuracy"]) if n else float("nan"),
+                          float(metrics["loss"]) if n else float("nan"), per_class, confusion, str(png),
+                          ds.bad.to_dict() if ds.bad else None, writer.summary() if writer else None)
 
 
-def _predict(producer, topic, batch, pred, probs, identity, done) -> tuple[int, int]:
-    written = skipped = 0
-    for i, (p, o) in enumerate(batch.offsets.tolist()):
-        if (p, o) in done:
-            skipped += 1
-            continue
-        value = {"index": int(batch.indices[i]), "label": int(batch.labels[i]), "prediction": int(pred[i]),
-                 "probabilities": [round(float(v), 6) for v in probs[i]]}
-        producer.send(topic, json.dumps(value, separators=(",", ":")).encode(), key=batch.keys[i],
-                      headers=[*identity, (SRC_PARTITION, str(p).encode()), (SRC_OFFSET, str(o).encode())])
-        done.add((p, o))
-        written += 1
-    return written, skipped
+class Predictions:
+    """One record per input on the predictions topic: the source record's key; JSON
+    index, label, prediction, probabilities; headers naming the model (its digest)
+    and the source record. Exactly once per input and model, across reruns."""
 
+    def __init__(self, kcfg: KafkaConfig, topic: str, m, saved: SavedModel):
+        self.topic, self.written, self.skipped = topic, 0, 0
+        self.done = already_predicted(kcfg, topic, saved.digest)
+        if topic not in kafka.topics(kcfg):
+            with kafka.make_admin(kcfg) as admin:   # real Kafka may not auto-create topics
+                admin.create_topic(topic, len(m.partitions))
+        self.producer = kafka.make_producer(kcfg)
+        self.identity = [("ddp_kbit.model.spec", spec_name(saved.spec).encode()),
+                         ("ddp_kbit.model.sha256", saved.sha256.encode()), (MODEL_DIGEST, saved.digest.encode()),
+                         ("ddp_kbit.source.topic", m.topic.encode())]
 
-def summary(confusion: np.ndarray, loss_sum: float, names: list[str]) -> dict:
-    """Accuracy, mean loss, and precision and recall per class, from a confusion matrix."""
-    n = int(confusion.sum())
-    tp = np.diag(confusion).astype(float)
-    predicted, actual = confusion.sum(0).astype(float), confusion.sum(1).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    return {"test_accuracy": float(tp.sum() / n) if n else float("nan"), "test_loss": loss_sum / n if n else float("nan"),
-            "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                                 "support": int(actual[i])} for i, name in enumerate(names)},
-            "confusion": confusion.tolist()}
+    def write(self, batch, logits: torch.Tensor) -> None:
+        pred, probs = logits.argmax(1), F.softmax(logits, 1)
+        for i, (p, o) in enumerate(batch.offsets.tolist()):
+            if (p, o) in self.done:
+                self.skipped += 1
+                continue
+            value = {"index": int(batch.indices[i]), "label": int(batch.labels[i]), "prediction": int(pred[i]),
+                     "probabilities": [round(float(v), 6) for v in probs[i]]}
+            self.producer.send(self.topic, json.dumps(value, separators=(",", ":")).encode(), key=batch.keys[i],
+                               headers=[*self.identity, (SRC_PARTITION, str(p).encode()),
+                                        (SRC_OFFSET, str(o).encode())])
+            self.done.add((p, o))
+            self.written += 1
+
+    def close(self) -> None:
+        left = self.producer.flush(60)
+        self.producer.close()
+        if left:
+            log.error("%d predictions were not acknowledged", left)
+
+    def summary(self) -> dict:
+        return {"topic": self.topic, "written": self.written, "already_there": self.skipped}

@@ -6,6 +6,7 @@ metrics logger, or a fault injector in tests). ``trainer.tally`` holds the epoch
 counts (``global_step``, ``samples``)."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from ignite.engine import Engine, Events
 
 from ddp_kbit.progress import Progress
 from ddp_kbit.train.usercode import CodeRef, load
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,33 @@ def attach_heartbeat(trainer: Engine, beat: Callable[[], None], every_s: float =
 def attach_user_handlers(trainer: Engine, refs: Sequence[CodeRef], ctx: HandlerContext) -> None:
     for ref in refs:
         load(ref, "--handler")(trainer, ctx)
+
+
+class OffsetCommitter:
+    """After each checkpoint (rank 0), the trained offsets committed to a consumer group,
+    so lag tools (Burrow, kafka-consumer-groups) see the run. Never read back:
+    checkpoints are the source of truth; a failed commit is a warning, not a failure."""
+
+    def __init__(self, kcfg, group: str, topic: str):
+        self.kcfg, self.group, self.topic = kcfg, group, topic
+        self._consumer = None
+
+    def attach(self, trainer: Engine, committed: Callable[[], dict]) -> None:
+        from ddp_kbit.train.engines import RunEvents
+
+        @trainer.on(RunEvents.CHECKPOINT_SAVED)
+        def _commit(engine):
+            offsets = committed()
+            if offsets:
+                self.commit(offsets)
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        from ddp_kbit import kafka
+        from ddp_kbit.errors import UserError
+
+        try:
+            if self._consumer is None:
+                self._consumer = kafka.make_consumer(self.kcfg, group_id=self.group)
+            self._consumer.commit({(self.topic, p): o for p, o in offsets.items()})
+        except UserError as exc:   # lag monitoring is not worth a training run
+            log.warning("could not commit trained offsets to group %s: %s", self.group, exc)

@@ -13,16 +13,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from pathlib import Path
 
 from ignite.engine import Events
 
+from ddp_kbit.train import rundir
+
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WAIT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
-
-
-def endpoint_file(checkpoint_dir: str, rank: int) -> Path:
-    return Path(checkpoint_dir) / f"metrics.rank{rank}"
 
 
 class RankMetrics:
@@ -56,7 +53,7 @@ class RankMetrics:
         self.port = port + 1 + rank
         self._server = start_http_server(self.port, registry=r)
         self._seen: dict = {}
-        self._file = endpoint_file(checkpoint_dir, rank)
+        self._file = rundir.metrics_endpoint(checkpoint_dir, rank)
         with contextlib.suppress(OSError):
             self._file.write_text(f"{socket.gethostname()}:{self.port}")
 
@@ -96,9 +93,15 @@ class RankMetrics:
             self.dead.labels(self.rank).inc(dead - sent)
         self._seen[key] = [bad.seen, dict(bad.by_reason), dead]
 
-    def set_lag(self, topic: str, lag: dict[int, int]) -> None:
-        for p, n in lag.items():
-            self.lag.labels(topic, str(p)).set(n)
+    def attach_lag(self, trainer, topic: str, lag) -> None:
+        """After each checkpoint: the records of ``topic`` not trained yet, per partition
+        (``lag()``: what is left of the pass, or how far behind a live topic the run is)."""
+        from ddp_kbit.train.engines import RunEvents
+
+        @trainer.on(RunEvents.CHECKPOINT_SAVED)
+        def _lag(engine):
+            for p, n in lag().items():
+                self.lag.labels(topic, str(p)).set(n)
 
     def close(self) -> None:
         """Leave the last values beside the endpoint file (the driver serves them once
@@ -106,6 +109,6 @@ class RankMetrics:
         from prometheus_client import generate_latest
 
         with contextlib.suppress(OSError):
-            self._file.with_name(self._file.name + ".last").write_bytes(generate_latest(self.registry))
+            rundir.last_values(self._file).write_bytes(generate_latest(self.registry))
         with contextlib.suppress(Exception):
             self._server[0].shutdown()

@@ -58,6 +58,34 @@ def epoch_record(epoch: int, stats: EpochStats, world: int, consumed: list[Consu
                        consumed=[c.to_dict() for c in sorted(consumed, key=lambda c: (c.topic, c.partition, c.start))])
 
 
+@dataclass(frozen=True)
+class TrainedOffsets:
+    """Per partition of a pass: ``committed`` = its first offset + the records that went
+    into steps (what a consumer group shows lag tools), ``left`` = what the pass has not
+    trained yet. ``behind``: a live topic's lag, records behind its high watermark
+    (``--follow`` sets it after each window); otherwise the lag is what is left."""
+
+    committed: dict = field(default_factory=dict)
+    left: dict = field(default_factory=dict)
+    behind: dict | None = None
+
+    @property
+    def lag(self) -> dict:
+        return self.behind if self.behind is not None else self.left
+
+    @classmethod
+    def of(cls, slices, consumed, behind: dict | None = None) -> TrainedOffsets:
+        trained: dict[int, int] = {}
+        for c in consumed:
+            trained[c.partition] = trained.get(c.partition, 0) + c.end - c.start
+        first, total = {}, {}
+        for s in slices:
+            first[s.partition] = min(first.get(s.partition, s.start), s.start)
+            total[s.partition] = total.get(s.partition, 0) + len(s)
+        done = {p: min(trained.get(p, 0), total[p]) for p in first}
+        return cls({p: first[p] + done[p] for p in first}, {p: total[p] - done[p] for p in first}, behind)
+
+
 def absent_counts(n: int) -> dict:
     """A pass's absent offsets: ``absent_records``, and ``missing_records``, its name
     before 0.3 (the same count; the report's top-level ``missing_records`` is another

@@ -1,7 +1,8 @@
-"""The files a rank leaves in the run directory so the driver can say what happened
-to it. TorchDistributor's own error only says "see the logs", and a rank that was
-killed outright, or stopped, says nothing at all. This module owns the names and
-both sides: ranks write, the driver reads.
+"""The files by which a run's driver and its ranks talk, and their one owner. This
+module owns every name and both sides (ranks write, the driver reads):
+
+In the run directory (what happened to each rank; TorchDistributor's own error only
+says "see the logs", and a rank killed outright, or stopped, says nothing at all):
 
     rank<N>.pid          "<pid> <host>" while the rank runs (removed when it finishes);
                          its modification time is the rank's last sign of progress
@@ -9,9 +10,15 @@ both sides: ranks write, the driver reads.
                          when no restart can help)
     stalled.rank<N>.txt  written by a rank whose collective failed, about peer N: alive
                          (or at least silent) but no progress for the collective timeout
-"""
-from __future__ import annotations
+    ranks.log            every line the ranks printed (torchrun's output), tracebacks included
 
+In the checkpoint directory (shared storage on a cluster, so executors see it):
+
+    stop                 a graceful stop asked (the driver writes the signal's name; a user
+                         may create it): ranks finish the step, checkpoint and return
+    metrics.rank<N>      "<host>:<port>" of rank N's Prometheus endpoint (--metrics-port)
+    metrics.rank<N>.last its last values, once it is gone (the driver still serves them)
+"""
 import contextlib
 import os
 import socket
@@ -132,3 +139,35 @@ def _pid_files(run_dir: str | Path) -> dict[int, tuple[int, str, float]]:
         except (OSError, ValueError):
             continue
     return out
+
+
+# ------------------------------------------------------------------ the checkpoint directory's files
+STOP = "stop"
+_METRICS = "metrics.rank{}"
+
+
+def stop_file(checkpoint_dir: str | Path) -> Path:
+    return Path(checkpoint_dir) / STOP
+
+
+def ranks_log(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "ranks.log"
+
+
+def metrics_endpoint(checkpoint_dir: str | Path, rank: int) -> Path:
+    return Path(checkpoint_dir) / _METRICS.format(rank)
+
+
+def last_values(endpoint: Path) -> Path:
+    return endpoint.with_name(endpoint.name + ".last")
+
+
+def metrics_endpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """Every rank's endpoint file (not the last-values files), by rank."""
+    return sorted(p for p in Path(checkpoint_dir).glob(_METRICS.format("*")) if p.suffix != ".last")
+
+
+def clear_metrics(checkpoint_dir: str | Path) -> None:
+    """An earlier run's endpoints and last values."""
+    for f in Path(checkpoint_dir).glob(_METRICS.format("*")):
+        f.unlink(missing_ok=True)

@@ -18,13 +18,9 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 
 from ddp_kbit.train import dist
+from ddp_kbit.train.rundir import stop_file
 
-STOP_FILE = "stop"
 CHECK_EVERY = 10   # steps between the ranks' agreements (one tiny all-reduce each)
-
-
-def stop_file(checkpoint_dir: str | Path) -> Path:
-    return Path(checkpoint_dir) / STOP_FILE
 
 
 class StopRequest:

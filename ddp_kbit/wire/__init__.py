@@ -12,7 +12,7 @@ from ddp_kbit.wire.bson_codec import BsonCodec
 from ddp_kbit.wire.codec import Codec
 from ddp_kbit.wire.json_codec import JsonCodec
 from ddp_kbit.wire.protobuf_codec import ProtobufCodec
-from ddp_kbit.wire.sample import DTYPES, FORMATS, LAYOUTS, REASONS, SCHEMA_ID, Batch, Sample, headers, topic_name
+from ddp_kbit.wire.sample import DTYPES, FORMATS, LAYOUTS, REASONS, SCHEMA_ID, BadReason, Batch, Sample, headers, topic_name
 
 REGISTRY: dict[str, type[Codec]] = {c.format: c for c in (JsonCodec, AvroCodec, ProtobufCodec, BsonCodec)}
 assert tuple(REGISTRY) == FORMATS
@@ -26,5 +26,5 @@ def get_codec(fmt: str, layout: str = "bytes") -> Codec:
     return cls(layout)
 
 
-__all__ = ["Batch", "Codec", "DTYPES", "FORMATS", "LAYOUTS", "REASONS", "REGISTRY", "SCHEMA_ID", "Sample",
+__all__ = ["BadReason", "Batch", "Codec", "DTYPES", "FORMATS", "LAYOUTS", "REASONS", "REGISTRY", "SCHEMA_ID", "Sample",
            "get_codec", "headers", "topic_name"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -17,12 +18,30 @@ FORMATS = ("json", "avro", "protobuf", "bson")
 LAYOUTS = ("bytes", "list")
 # Explicit little-endian so float32 bytes mean the same on every producer host.
 DTYPES = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}
-REASONS = (
-    "truncated", "malformed", "wrong_type", "missing_field", "both_fields",
-    "bad_dtype", "bad_shape", "size_mismatch", "bad_base64", "out_of_range",
-    "shape_mismatch", "tombstone", "bad_label",
-    "bad_framing", "unknown_schema",   # topics we did not write (ddp_kbit.wire.foreign)
-)
+
+
+class BadReason(StrEnum):
+    """Why a record is not a valid sample of the run: the only reasons a bad record is
+    counted, dead-lettered and reported by (``DecodeError.reason``)."""
+
+    TRUNCATED = "truncated"
+    MALFORMED = "malformed"
+    WRONG_TYPE = "wrong_type"
+    MISSING_FIELD = "missing_field"
+    BOTH_FIELDS = "both_fields"
+    BAD_DTYPE = "bad_dtype"
+    BAD_SHAPE = "bad_shape"
+    SIZE_MISMATCH = "size_mismatch"
+    BAD_BASE64 = "bad_base64"
+    OUT_OF_RANGE = "out_of_range"
+    SHAPE_MISMATCH = "shape_mismatch"
+    TOMBSTONE = "tombstone"
+    BAD_LABEL = "bad_label"
+    BAD_FRAMING = "bad_framing"          # topics we did not write (ddp_kbit.wire.foreign)
+    UNKNOWN_SCHEMA = "unknown_schema"
+
+
+REASONS = tuple(r.value for r in BadReason)
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 

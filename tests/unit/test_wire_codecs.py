@@ -258,3 +258,19 @@ def test_unknown_format_and_layout_name_allowed_values():
         get_codec("xml")
     with pytest.raises(ValueError, match="bytes, list"):
         get_codec("json", "csv")
+
+
+def test_every_reason_a_codec_gives_is_a_bad_reason():
+    import ast
+    from pathlib import Path
+
+    from ddp_kbit.wire import BadReason
+
+    root = Path(__file__).resolve().parents[2] / "ddp_kbit"
+    given = set()
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DecodeError" and len(node.args) > 1 \
+                    and isinstance(node.args[1], ast.Constant):
+                given.add(node.args[1].value)
+    assert given and given <= {r.value for r in BadReason}, given - {r.value for r in BadReason}
