@@ -38,7 +38,7 @@ world size's plan.)
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -46,7 +46,7 @@ import numpy as np
 
 from ddp_kbit.errors import PlanError
 
-SHUFFLES = ("window", "none")
+SHUFFLES = ("window", "none")   # SHUFFLE_PLANNERS' names (a test keeps them equal)
 
 
 @dataclass(frozen=True, order=True)
@@ -268,11 +268,8 @@ def plan_epoch(slices: Sequence[Slice], world_size: int, batch_size: int, seed: 
     if world_size < 1:
         raise PlanError(f"world_size must be >= 1, got {world_size}")
     slices = [s for s in slices if len(s)]
-    if shuffle.kind == "none":
-        per_rank = [interleave(r, batch_size, derive_seed(seed, epoch, rank, SEED_INTERLEAVE))
-                    for rank, r in enumerate(split_ranks(slices, world_size))]
-    else:
-        per_rank = deal_chunks(slices, world_size, shuffle.chunk, derive_seed(seed, epoch))
+    planner = SHUFFLE_PLANNERS[shuffle.kind]
+    per_rank = planner.deal(slices, world_size, batch_size, shuffle, seed, epoch)
     counts = [sum(len(s) for s in r) for r in per_rank]
     if sum(counts) and min(counts) == 0:
         raise PlanError(f"{sum(counts)} records cannot feed {world_size} ranks; use fewer processes")
@@ -286,10 +283,37 @@ def plan_epoch(slices: Sequence[Slice], world_size: int, batch_size: int, seed: 
         groups = [sizes[i:i + per_window] for i in range(0, len(sizes), per_window)]
         pieces = cut_runs(run, [sum(g) for g in groups])
         windows = tuple(ReadWindow(tuple(merge_adjacent(p)), tuple(g),
-                               None if shuffle.kind == "none" else derive_seed(seed, epoch, rank, w))
+                                   derive_seed(seed, epoch, rank, w) if planner.permute_windows else None)
                         for w, (p, g) in enumerate(zip(pieces, groups)))
         plans.append(RankPlan(rank, windows))
     return plans
+
+
+@dataclass(frozen=True)
+class ShufflePlanner:
+    """A shuffle by name (``--shuffle``): how an epoch's offsets are dealt to the ranks
+    (each rank's run of slices, in read order), and whether each read window is
+    permuted into batches. A new shuffle is a new entry of :data:`SHUFFLE_PLANNERS`
+    (Mosaic Streaming's registry of shuffle algorithms is the model); the invariants
+    (equal steps, every offset once, resumable) are plan_epoch's, whatever deals."""
+
+    deal: Callable[[list[Slice], int, int, Shuffle, int, int], list[list[Slice]]]
+    permute_windows: bool
+
+
+def _deal_windows(slices, world_size, batch_size, shuffle, seed, epoch):
+    return deal_chunks(slices, world_size, shuffle.chunk, derive_seed(seed, epoch))
+
+
+def _deal_in_order(slices, world_size, batch_size, shuffle, seed, epoch):
+    return [interleave(r, batch_size, derive_seed(seed, epoch, rank, SEED_INTERLEAVE))
+            for rank, r in enumerate(split_ranks(slices, world_size))]
+
+
+SHUFFLE_PLANNERS: dict[str, ShufflePlanner] = {
+    "window": ShufflePlanner(_deal_windows, permute_windows=True),
+    "none": ShufflePlanner(_deal_in_order, permute_windows=False),
+}
 
 
 def interleave(slices: Sequence[Slice], chunk: int, seed: int) -> list[Slice]:

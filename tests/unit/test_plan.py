@@ -180,3 +180,10 @@ def test_resume_plans_exactly_the_remainder(parts, world, world2, batch, done, s
     assert not set(offsets_of(resumed)) & set(used_offsets)
     if shuffle2.kind == "none":
         assert_front_to_back(resumed)   # even across several slices of one partition
+
+
+def test_every_shuffle_name_has_a_planner_and_the_config_knows_them_all():
+    from ddp_kbit.config import SHUFFLES as CONFIG_SHUFFLES
+    from ddp_kbit.data.plan import SHUFFLE_PLANNERS, SHUFFLES
+
+    assert set(SHUFFLE_PLANNERS) == set(SHUFFLES) == set(CONFIG_SHUFFLES)
