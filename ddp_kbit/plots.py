@@ -14,42 +14,58 @@ def _pyplot():
     return plt
 
 
+def _whole_numbers(*axes) -> None:
+    """Epochs and windows are counted: integer ticks only."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_training(report: dict, path: str | Path) -> Path:
     plt = _pyplot()
     ep = [e["epoch"] for e in report["epochs"]]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
     a.plot(ep, [e["train_loss"] for e in report["epochs"]], "o-", label="train")
     a.plot(ep, [e["val_loss"] for e in report["epochs"]], "o-", label="test")
-    a.set(title="loss", xlabel="epoch")
+    a.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     a.legend()
     b.plot(ep, [e["val_accuracy"] for e in report["epochs"]], "o-")
-    b.set(title="test accuracy", xlabel="epoch")
-    c.bar(ep, [e["samples_per_s"] for e in report["epochs"]])
+    b.set(title="test accuracy", xlabel="epoch", ylabel="accuracy")
+    c.bar(ep, [e["samples_per_s"] for e in report["epochs"]], label="samples/s")
     c2 = c.twinx()
-    c2.plot(ep, [100 * e["data_wait_fraction"] for e in report["epochs"]], "r.-")
-    c.set(title="samples/s (bars), data wait % (line)", xlabel="epoch")
+    c2.plot(ep, [100 * e["data_wait_fraction"] for e in report["epochs"]], "r.-", label="data wait")
+    c.set(title="speed: samples/s (bars), data wait (line)", xlabel="epoch", ylabel="samples/s")
+    c2.set_ylabel("data wait, % of step time", color="tab:red")
+    c2.set_ylim(bottom=0)
+    _whole_numbers(a, b, c)
     fig.suptitle(f"ddp_kbit train: {report['world_size']} process(es), restarts {report['restarts']}")
     return _save(plt, fig, path)
 
 
 def plot_windows(report: dict, path: str | Path) -> Path:
-    """--follow: accuracy (prequential and test) and lag over time, one point per window."""
+    """--follow: accuracy (prequential and test), how far behind the topic the run is
+    (records, and the age of the newest trained record), and speed, per window."""
     plt = _pyplot()
     w = report["windows"]
     t0 = w[0]["closed_at"] if w else 0
     t = [x["finished_at"] - t0 for x in w]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
-    a.plot(t, [x["prequential_accuracy"] for x in w], "o-", label="prequential")
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
+    a.plot(t, [x["prequential_accuracy"] for x in w], "o-", label="prequential (test-then-train)")
     if any(x.get("val_accuracy") is not None for x in w):
         a.plot(t, [x.get("val_accuracy") for x in w], "o-", label="test topic")
-    a.set(title="accuracy per window", xlabel="seconds")
-    a.legend()
-    b.plot(t, [sum((x.get("lag") or {}).get("records_behind_at_end", {}).values()) for x in w], "o-", label="records")
+    a.set(title="accuracy per window", xlabel="seconds since the first window closed", ylabel="accuracy")
+    a.legend(fontsize=8)
+    b.plot(t, [sum((x.get("lag") or {}).get("records_behind_at_end", {}).values()) for x in w], "o-",
+           color="tab:blue")
+    b.set(title="behind the topic after each window", xlabel="seconds since the first window closed")
+    b.set_ylabel("lag: records not trained yet", color="tab:blue")
     b2 = b.twinx()
-    b2.plot(t, [(x.get("lag") or {}).get("seconds_behind") for x in w], "r.-", label="seconds")
-    b.set(title="lag after each window: records (blue), seconds (red)", xlabel="seconds")
+    b2.plot(t, [(x.get("lag") or {}).get("seconds_behind") for x in w], "r.-")
+    b2.set_ylabel("age of the newest trained record, s", color="tab:red")
     c.bar(range(1, len(w) + 1), [x["samples_per_s"] for x in w])
-    c.set(title="samples/s per window", xlabel="window")
+    c.set(title="samples/s per window", xlabel="window", ylabel="samples/s")
+    _whole_numbers(c)
     fig.suptitle(f"ddp_kbit --follow: {len(w)} window(s), {report['world_size']} process(es)")
     return _save(plt, fig, path)
 
@@ -93,11 +109,12 @@ def _save(plt, fig, path) -> Path:
 
 
 def study_boxplot(samples: dict[str, dict[str, list[float]]], path: str | Path) -> Path:
-    """``samples``: workload -> condition label -> measured records/s."""
+    """``samples``: workload -> condition label -> measured records/s (in the study's
+    order of conditions, the same in every plot, top to bottom)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(samples), figsize=(6.5 * len(samples), 4.2), squeeze=False)
     for ax, (workload, by_label) in zip(axes[0], samples.items()):
-        labels = list(by_label)
+        labels = list(by_label)[::-1]   # matplotlib draws the first one at the bottom
         ax.boxplot([by_label[k] for k in labels], whis=1.5, vert=False)
         ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
         values = [v for k in labels for v in by_label[k] if v > 0]
@@ -110,16 +127,24 @@ def study_boxplot(samples: dict[str, dict[str, list[float]]], path: str | Path) 
 
 
 def study_ratios(rows: dict[str, list[dict]], path: str | Path, baseline: str) -> Path:
-    """``rows``: workload -> [{label, ratio, low, high}]: medians as a ratio to ``baseline``."""
+    """``rows``: workload -> [{label, ratio, low, high}]: medians as a ratio to
+    ``baseline``, each bar labelled with its value; a log scale when the ratios span
+    more than 10x (Kafka next to the in-memory ceiling), so the bars differ."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 4.2), squeeze=False)
     for ax, (workload, items) in zip(axes[0], rows.items()):
-        y = range(len(items))
+        items = items[::-1]   # the study's order, top to bottom
+        y = list(range(len(items)))
         ratio = [r["ratio"] for r in items]
-        err = [[r["ratio"] - r["low"] for r in items], [r["high"] - r["ratio"] for r in items]]
-        ax.barh(list(y), ratio, xerr=err, capsize=3, color="tab:blue", alpha=0.8)
+        err = [[max(0.0, r["ratio"] - r["low"]) for r in items], [max(0.0, r["high"] - r["ratio"]) for r in items]]
+        ax.barh(y, ratio, xerr=err, capsize=3, color="tab:blue", alpha=0.8)
+        positive = [v for v in ratio if v > 0]
+        if positive and max(max(positive), 1.0) / min(positive) > 10:
+            ax.set_xscale("log")
+        for i, (v, r) in enumerate(zip(ratio, items)):
+            ax.text(max(v, r["high"]), i, f"  {v:.3g}", va="center", fontsize=8)
         ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_yticks(list(y), [r["label"] for r in items], fontsize=8)
+        ax.set_yticks(y, [r["label"] for r in items], fontsize=8)
         ax.set(title=f"{workload}: median / {baseline} median (95% CI)", xlabel=f"ratio to {baseline}")
     return _save(plt, fig, path)
 

@@ -22,9 +22,13 @@ def make_plots(rows: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Pat
     labels = dict(zip(summary[["workload", "format", "layout", "compression", "client", "num_processes"]]
                       .astype(str).agg("|".join, axis=1), summary["label"]))
     samples: dict[str, dict[str, list[float]]] = {}
+    for w, g in _label_rows(summary).items():   # the summary's order of conditions, in every plot
+        samples[w] = {label: [] for label in g["label"]}
     for _, r in good.iterrows():
         key = "|".join(str(r[c]) for c in ("workload", "format", "layout", "compression", "client", "num_processes"))
         samples.setdefault(r["workload"], {}).setdefault(labels.get(key, key), []).append(float(r[METRIC]))
+    samples = {w: {k: v for k, v in by.items() if v} for w, by in samples.items()}
+    samples = {w: by for w, by in samples.items() if by}
     if samples:
         made.append(plots.study_boxplot(samples, out / "records_per_s.png"))
     for base in (RAW, MEMORY):
