@@ -157,3 +157,34 @@ def run_main(fn: Callable[[list[str] | None], int], argv: list[str] | None = Non
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def settings_reference(groups) -> str:
+    """Markdown: every setting of the config groups, by section (config file key, flag,
+    default, help), from the fields themselves (docs/reference/settings.md)."""
+    out = ["# Settings", "",
+           "Every setting, by config file section: its key, its flag, its default and what it does. A config "
+           "file (`--config FILE`, TOML or JSON) has one section per part; flags override it. Generated from "
+           "the config fields by `python scripts/settings_reference.py` (a test keeps this page equal to them).", ""]
+    seen = set()
+    for group in groups:
+        for section, part in sections_of(group).items():
+            if section in seen:
+                continue
+            seen.add(section)
+            doc = " ".join((part.__doc__ or "").split("\n\n")[0].split())
+            about = part.title if doc.startswith(f"{part.__name__}(") else doc   # (a dataclass's own doc)
+            out += [f"## [{section}]", "", _md(about), "", "| key | flag | default | meaning |", "|---|---|---|---|"]
+            for f in dataclasses.fields(part):
+                if not f.metadata.get("help") and not f.metadata.get("cli"):
+                    continue
+                flag = f"`{flag_of(f)}`" if f.metadata.get("cli") else "(file only)"
+                default = "" if f.default is None or not f.repr else f"`{_show(f.default)}`"
+                out.append(f"| `{f.name}` | {flag} | {default} | {_md(f.metadata['help'].replace('%%', '%'))} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def _md(text: str) -> str:
+    """Plain text in a Markdown table cell: no HTML tags, no column breaks."""
+    return text.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")

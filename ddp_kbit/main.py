@@ -178,7 +178,7 @@ def parse(argv: list[str]) -> tuple[str, argparse.Namespace, object]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name, args, job = parse(argv)
-    secrets = job.kafka.secrets + (job.source.secrets if hasattr(job, "source") else ())
+    secrets = tuple(s for part in ("kafka", "source") if hasattr(job, part) for s in getattr(job, part).secrets)
     logs.configure(job.general.log_level, secrets=secrets)
     if name == "broker":
         return serve_broker(job)

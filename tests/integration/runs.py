@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ddp_kbit import kafka
@@ -124,3 +125,19 @@ def spark_submit(kcfg, master: str, tmp_path, *args) -> dict:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return json.loads((Path(tmp_path) / "report.json").read_text())
+
+
+def started_training(run_dir, timeout: float = 180) -> bool:
+    """A rank has taken steps: its heartbeat (the pid file's mtime) moved after it appeared."""
+    first: dict = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for f in run_dir.glob("rank*.pid"):
+            try:
+                mtime = f.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if mtime > first.setdefault(f.name, mtime):
+                return True
+        time.sleep(0.2)
+    return False

@@ -20,7 +20,7 @@ from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.errors import UserError
 from ddp_kbit.wire import Sample, get_codec
 
-from runs import assert_exact_epochs, fit, train, write_topic
+from runs import assert_exact_epochs, fit, started_training, train, write_topic
 
 pytestmark = pytest.mark.slow
 
@@ -297,23 +297,6 @@ def test_a_manifest_is_the_source_of_truth_for_format(kcfg, dirty, test_topic, t
         "leave --format out or name another topic")
 
 
-def wait_until_training(run_dir, timeout: float = 180) -> bool:
-    """A rank has taken steps: its heartbeat (the pid file's mtime) moved after it
-    appeared (no guess at how long start-up takes)."""
-    first: dict = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for f in run_dir.glob("rank*.pid"):
-            try:
-                mtime = f.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if mtime > first.setdefault(f.name, mtime):
-                return True
-        time.sleep(0.2)
-    return False
-
-
 def test_ctrl_c_in_barrier_mode_is_one_line_and_exit_130(kcfg, dirty, test_topic, tmp_path):
     m, _ = dirty
     cmd = [sys.executable, "-m", "ddp_kbit.main", "--bootstrap-servers", kcfg.bootstrap_servers, "--train-topic",
@@ -322,7 +305,7 @@ def test_ctrl_c_in_barrier_mode_is_one_line_and_exit_130(kcfg, dirty, test_topic
     # a shell's background job ignores SIGINT, and children inherit that: start with the default
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert wait_until_training(tmp_path), "the ranks never started training"
+    assert started_training(tmp_path), "the ranks never started training"
     proc.send_signal(signal.SIGINT)   # graceful: the ranks finish their step and checkpoint
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]

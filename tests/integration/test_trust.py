@@ -20,7 +20,7 @@ from ddp_kbit.data.local_datasets import load_dataset
 from ddp_kbit.wire import get_codec
 
 import chaos
-from runs import SMALL_FLAGS, assert_exact_epochs, fit, write_topic
+from runs import SMALL_FLAGS, assert_exact_epochs, fit, started_training, write_topic
 
 pytestmark = pytest.mark.slow
 
@@ -70,22 +70,6 @@ def test_a_transactional_topic_trains_each_delivered_record_once_and_never_waits
         assert e["samples"] == len(delivered) == sum(c["count"] for c in e["consumed"])
     # (the embedded broker hands aborted records to read_committed consumers: its bug, so they
     # are among the delivered ones here; real Kafka's read_committed leaves them out)
-
-
-def started_training(run_dir, timeout: float = 180) -> bool:
-    """A rank has taken steps: its heartbeat (the pid file's mtime) moved after it appeared."""
-    first: dict = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for f in run_dir.glob("rank*.pid"):
-            try:
-                mtime = f.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if mtime > first.setdefault(f.name, mtime):
-                return True
-        time.sleep(0.2)
-    return False
 
 
 def cli(kcfg, run_dir, *args) -> list[str]:
