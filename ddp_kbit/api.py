@@ -98,13 +98,15 @@ def publish_job(job: PublishJob) -> PublishReport:
 
     pcfg = job.publish
     run_dir = make_run_dir(job.general.run_dir)
+    # the dataset is read before any broker is reached or started: a bad file is its own one line
+    ds = None if pcfg.split is None else load_dataset(pcfg.dataset, pcfg.split, pcfg.data_dir, pcfg.limit,
+                                                      job.synthetic)
     with reachable(job.kafka, run_dir) as kcfg:
-        if pcfg.split is None:
+        if ds is None:
             found = ensure_published(kcfg, pcfg, synthetic=job.synthetic, progress=job.general.progress)
             results = {split: {"topic": m.topic, "records": m.record_count, "published": True} for split, m in
                        found.items()}
         else:
-            ds = load_dataset(pcfg.dataset, pcfg.split, pcfg.data_dir, pcfg.limit, job.synthetic)
             run = publish_live(kcfg, pcfg, ds, job.general.progress, stop=stopping()) if pcfg.rate else \
                 publish_dataset(kcfg, pcfg, ds, job.general.progress)
             results = {pcfg.split: run.summary() if run.manifest is not None else

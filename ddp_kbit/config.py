@@ -125,6 +125,14 @@ def comma_ints(text: str) -> tuple[int, ...]:
         raise ConfigError(f"expected integers separated by commas, e.g. 28,28; got {text!r}") from None
 
 
+def shape_ints(text: str) -> tuple[int, ...]:
+    """``28,28`` or ``32,32,3`` -> a sample's shape; the error names what a shape is."""
+    try:
+        return comma_ints(text)
+    except ConfigError:
+        raise ConfigError(f"shape must be H,W or H,W,C integers, e.g. 28,28; got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class GeneralConfig(Part):
     """Logging, where a run's files go, progress output."""
@@ -237,7 +245,7 @@ class SourceConfig(Part):
                                         "path reaches into nested records, e.g. features.pixels)", metavar="PATH")
     label_field: str = setting("label", "where the label is: an int, or a string of --classes", metavar="PATH")
     shape: tuple[int, ...] = setting((), "image shape (inferred by describe when it can be)", metavar="H,W[,C]",
-                                     parse=comma_ints)
+                                     parse=shape_ints)
     dtype: Dtype | None = setting(None, "image type (inferred by describe)")
     num_classes: int | None = setting(None, "class count (inferred by describe)", metavar="K")
     classes: tuple[str, ...] = setting((), "class names, in class-index order, for string labels",
@@ -490,7 +498,7 @@ class SyntheticConfig(Part):
 
     title: ClassVar[str] = "the synthetic dataset ([synthetic])"
     shape: tuple[int, ...] = setting((28, 28), "synthetic dataset: sample shape", metavar="H,W[,C]",
-                                     parse=comma_ints)
+                                     parse=shape_ints)
     num_classes: int = setting(10, "synthetic dataset: classes", metavar="K")
     num_samples: int = setting(1000, "synthetic dataset: samples", metavar="N")
     seed: int = setting(0, "synthetic dataset: the seed of its samples")

@@ -77,10 +77,11 @@ COMMANDS = {
 }
 
 
-def command_parser(name: str, prog: str = "ddp-kbit") -> cli.Parser:
-    """The parser of one command: only its sections' flags."""
+def command_parser(name: str, prog: str | None = None) -> cli.Parser:
+    """The parser of one command: only its sections' flags. ``prog``: the whole command
+    a user types when it is not ``ddp-kbit NAME`` (``python -m producers.publish``)."""
     cmd = COMMANDS[name]
-    p = cli.Parser(prog=f"{prog} {name}", usage="%(prog)s [flags]", description=cmd.help,
+    p = cli.Parser(prog=prog or f"ddp-kbit {name}", usage="%(prog)s [flags]", description=cmd.help,
                    elsewhere=_elsewhere(name))
     sections = [s if isinstance(s, str) else s[0] for s in cmd.sections]
     cli.add_config_file(p, sections)
@@ -126,17 +127,18 @@ def top_parser() -> argparse.ArgumentParser:
 def split_command(argv: list[str]) -> tuple[str | None, list[str]]:
     """(command, its arguments): ``ddp-kbit COMMAND ...``, or the legacy ``--mode COMMAND``
     anywhere; None when neither is given (train, unless only help or the version is asked)."""
-    argv = list(argv)
-    mode = None
-    for i, a in enumerate(argv):
+    rest, mode, i = [], None, 0
+    while i < len(argv):          # every --mode is taken out; the last one wins, as flags do
+        a = argv[i]
         if a == "--mode" and i + 1 < len(argv):
-            mode = argv[i + 1]
-            del argv[i:i + 2]
-            break
+            mode, i = argv[i + 1], i + 2
+            continue
         if a.startswith("--mode="):
             mode = a.split("=", 1)[1]
-            del argv[i]
-            break
+        else:
+            rest.append(a)
+        i += 1
+    argv = rest
     first = argv[0] if argv and not argv[0].startswith("-") else None
     if first is not None and mode is not None and first != mode:
         raise ConfigError(f"give a command or --mode, not both ({first} and --mode {mode})")

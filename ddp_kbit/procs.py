@@ -6,6 +6,8 @@ import ctypes
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
@@ -24,6 +26,22 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
     except OSError:
         pass
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """For a rank under torchrun: when torchrun is gone (pyspark's wrapper SIGKILLs it
+    0.5 s after a cancelled Spark task), this process ends at once. A rank only stops
+    gracefully when its torchrun asks; an orphan would keep its ports, collectives and
+    checkpoint writes while the restarted attempt starts. A thread, not
+    ``PR_SET_PDEATHSIG``: that fires when the parent's *thread* that forked exits."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def own_group(with_parent: int | None = None) -> Callable[[], None]:

@@ -21,7 +21,7 @@ PROG = "python -m producers.publish"
 
 
 def build_parser():
-    return command_parser("publish", prog=PROG.removesuffix(" publish"))
+    return command_parser("publish", prog=PROG)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine
 
+from ddp_kbit import procs
 from ddp_kbit.config import DataConfig
 from ddp_kbit.data.kafka_dataset import KafkaDataset
 from ddp_kbit.data.manifest import Manifest
@@ -63,6 +64,8 @@ NO_EVAL = {"val_loss": float("nan"), "val_accuracy": float("nan")}
 def train_fn(spec: RunSpec) -> dict:
     """Entry point of each rank; it leaves the files of :mod:`rundir` in the run directory."""
     rank = int(os.environ.get("RANK", 0))
+    if "TORCHELASTIC_RUN_ID" in os.environ:   # torchrun started this rank: end with it
+        procs.exit_with_parent()
     rundir.started(spec.run_dir, rank)
     stop = StopRequest(spec.checkpoint.dir).install()
     try:

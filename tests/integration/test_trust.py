@@ -369,3 +369,38 @@ def test_no_tls_secret_in_logs_reports_or_metrics_at_debug(tls, tmp_path):
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert KEY_PASSWORD.encode() not in f.read_bytes(), f
+
+
+ORPHAN = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; from ddp_kbit import procs; procs.exit_with_parent(0.1); "
+                          "time.sleep(60)"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_rank_whose_torchrun_is_killed_ends_at_once():
+    """pyspark's wrapper SIGKILLs torchrun when Spark cancels the task: its ranks must not
+    live on (holding the metrics port and the checkpoint directory) into the restart."""
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(1)                       # the child's watch has started
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        # a zombie reaped by init counts as gone: its state is Z until then
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(child, 9)
+    pytest.fail("the orphaned rank was still alive 10 s after its parent died")

@@ -85,6 +85,16 @@ def test_mode_x_and_command_x_are_the_same_run(argv):
         assert parse(argv)[2] == by_command[2]   # no command: train
 
 
+def test_mode_may_come_anywhere_and_again_as_in_0_2():
+    """0.2 parsed --mode as any flag: after others, and twice (a compose command plus a
+    wrapper's own). The last one wins; a conflicting command is an error."""
+    plain = parse(["train", "--epochs", "3"])
+    assert parse(["--epochs", "3", "--mode", "train"])[2] == plain[2]
+    assert parse(["--mode", "train", "--mode=train", "--epochs", "3"])[2] == plain[2]
+    with pytest.raises(ConfigError, match="not both"):
+        parse(["inspect", "--mode", "train"])
+
+
 def run(*argv):
     return subprocess.run([sys.executable, "-m", "ddp_kbit.main", *argv], capture_output=True, text=True, timeout=60)
 
